@@ -1,0 +1,299 @@
+"""Loading official SegEarth-R1 checkpoints (and our own, which use the same format).
+
+An official ``save_pretrained`` folder holds ``config.json`` (``model_type "llava_phi"``), weights as
+``model.safetensors`` / sharded ``model-0000x-of-0000y.safetensors`` + index (or ``pytorch_model*.bin``,
+read only with ``torch.load(weights_only=True)``) and the tokenizer files.
+
+Official key names are mapped onto our module tree by :data:`KEY_RULES`; the fused Phi
+``query_key_value`` projection is split exactly into ``q_proj``/``k_proj``/``v_proj``. Tensors the
+official model saves but never uses for the mask are accepted and dropped (:data:`UNUSED_KEYS`).
+Everything else must match: a load fails with one message listing every missing, unexpected or
+mis-shaped key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import SegEarthConfig, config_from_official
+from .modeling.llm import fuse_qkv, split_fused_qkv
+from .modeling.segearth_r1 import SegEarthR1
+
+# (official regex, our replacement); first match wins.
+KEY_RULES: list[tuple[str, str]] = [
+    (r"^model\.vision_tower\.", "vision_encoder."),
+    (r"^model\.mm_projector\.", "connector."),
+    (r"^model\.(embed_tokens|layers|final_layernorm)\.", r"llm.phi.\1."),
+    (r"^lm_head\.", "llm.lm_head."),
+    (r"^origin_SEG_token_projector\.", "d_projector.pooled_proj."),
+    (r"^text_projector\.", "d_projector.latent_proj."),
+    (r"^local_project\.", "d_projector.visual_proj."),
+    (r"^SEG_token_projector\.", "d_projector.query_proj."),
+    (r"^d_layers\.layers\.(\d+)\.0\.", r"d_projector.layers.\1.attn."),
+    (r"^d_layers\.layers\.(\d+)\.1\.", r"d_projector.layers.\1.ff."),
+    (r"^d_layers\.norm\.", "d_projector.norm."),
+    (r"^pixel_decoder\.", "pixel_decoder."),
+    (r"^predictor\.", "mask_decoder."),
+]
+# Saved by the official model, never used to compute a mask (query banks of other modes, score heads).
+UNUSED_KEYS = re.compile(
+    r"^(seg_query|predictor\.(query_feat|query_embed|SEG_query_embed|new_query_embed)\.weight"
+    r"|predictor\.(SEG_proj|CLASS_proj)\.layers\.\d+\.(weight|bias))$"
+)
+# Deterministic buffers we recompute; checked for equality when present, optional otherwise.
+OPTIONAL_KEYS = re.compile(r"\.relative_position_index$")
+_FUSED_QKV = re.compile(r"^(model\.layers\.\d+\.self_attn\.)query_key_value\.(weight|bias)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the model; the message lists every problem."""
+
+
+def map_key(official: str) -> str | None:
+    """Official key -> our key (None when no rule applies)."""
+    for pattern, repl in KEY_RULES:
+        if re.match(pattern, official):
+            return re.sub(pattern, repl, official)
+    return None
+
+
+def expand_official(key: str, shape: tuple[int, ...], num_heads: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Our (key, shape) pairs that one official tensor becomes (three for a fused qkv)."""
+    m = _FUSED_QKV.match(key)
+    if m:
+        base = map_key(m.group(1) + "x." + m.group(2))
+        assert base is not None
+        prefix = base[: -len("x." + m.group(2))]
+        part = (shape[0] // 3,) + tuple(shape[1:])
+        return [(f"{prefix}{p}_proj.{m.group(2)}", part) for p in "qkv"]
+    ours = map_key(key)
+    return [(ours, shape)] if ours is not None else []
+
+
+@dataclass
+class LoadReport:
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    ignored_unused: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def message(self, source: str) -> str:
+        lines = [f"cannot load checkpoint {source}:"]
+        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("wrong shape", self.mismatched)):
+            if keys:
+                lines.append(f"  {len(keys)} {title} key(s):")
+                lines += [f"    {k}" for k in keys]
+        return "\n".join(lines)
+
+
+def plan_load(
+    model_shapes: Mapping[str, tuple[int, ...]],
+    checkpoint_shapes: Mapping[str, tuple[int, ...]],
+    num_heads: int,
+    vocab_follows_checkpoint: bool = False,
+) -> LoadReport:
+    """Compare shapes only (works on the meta device): what would loading this checkpoint do?"""
+    report = LoadReport()
+    covered: set[str] = set()
+    for key, shape in checkpoint_shapes.items():
+        if UNUSED_KEYS.match(key):
+            report.ignored_unused.append(key)
+            continue
+        targets = expand_official(key, tuple(shape), num_heads)
+        if not targets and key in model_shapes:  # already in our naming (e.g. a modern q_proj layout)
+            targets = [(key, tuple(shape))]
+        if not targets:
+            report.unexpected.append(key)
+            continue
+        for ours, want in targets:
+            if ours not in model_shapes:
+                report.unexpected.append(key)
+                continue
+            covered.add(ours)
+            have = tuple(model_shapes[ours])
+            vocab_ok = vocab_follows_checkpoint and ours in _VOCAB_KEYS and have[1:] == want[1:]
+            if have != want and not vocab_ok:
+                report.mismatched.append(f"{key}: checkpoint {list(want)} vs model {list(have)}")
+    report.missing = sorted(k for k in model_shapes if k not in covered and not OPTIONAL_KEYS.search(k))
+    return report
+
+
+_VOCAB_KEYS = {"llm.phi.embed_tokens.weight", "llm.lm_head.weight"}
+
+
+def convert_state_dict(official: Mapping[str, torch.Tensor], num_heads: int) -> dict[str, torch.Tensor]:
+    """Official tensors -> our state dict (unused tensors dropped, fused qkv split)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in official.items():
+        if UNUSED_KEYS.match(key):
+            continue
+        targets = expand_official(key, tuple(tensor.shape), num_heads)
+        if len(targets) == 3:
+            for (ours, _), part in zip(targets, split_fused_qkv(tensor, num_heads)):
+                out[ours] = part
+        elif targets:
+            out[targets[0][0]] = tensor
+        else:
+            out[key] = tensor
+    return out
+
+
+def to_official_state_dict(model: SegEarthR1) -> dict[str, torch.Tensor]:
+    """Our state dict in the official naming (fused qkv), for checkpoints the official code can read."""
+    ours = model.state_dict()
+    heads = model.cfg.llm.num_attention_heads
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in ours.items():
+        m = re.match(r"^llm\.phi\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key)
+        if m:
+            qkv.setdefault(f"model.layers.{m.group(1)}.self_attn.query_key_value.{m.group(3)}", {})[m.group(2)] = tensor
+            continue
+        out[_official_name(key)] = tensor
+    for key, parts in qkv.items():
+        out[key] = fuse_qkv(parts["q"], parts["k"], parts["v"], heads)
+    return out
+
+
+_INVERSE_RULES: list[tuple[str, str]] = [
+    (r"^vision_encoder\.", "model.vision_tower."),
+    (r"^connector\.", "model.mm_projector."),
+    (r"^llm\.phi\.", "model."),
+    (r"^llm\.lm_head\.", "lm_head."),
+    (r"^d_projector\.pooled_proj\.", "origin_SEG_token_projector."),
+    (r"^d_projector\.latent_proj\.", "text_projector."),
+    (r"^d_projector\.visual_proj\.", "local_project."),
+    (r"^d_projector\.query_proj\.", "SEG_token_projector."),
+    (r"^d_projector\.layers\.(\d+)\.attn\.", r"d_layers.layers.\1.0."),
+    (r"^d_projector\.layers\.(\d+)\.ff\.", r"d_layers.layers.\1.1."),
+    (r"^d_projector\.norm\.", "d_layers.norm."),
+    (r"^mask_decoder\.", "predictor."),
+]
+
+
+def _official_name(key: str) -> str:
+    for pattern, repl in _INVERSE_RULES:
+        if re.match(pattern, key):
+            return re.sub(pattern, repl, key)
+    return key
+
+
+def load_official_weights(model: SegEarthR1, official: Mapping[str, torch.Tensor], source: str = "checkpoint") -> LoadReport:
+    """Load official-format tensors into ``model`` strictly; raise :class:`CheckpointError` otherwise."""
+    heads = model.cfg.llm.num_attention_heads
+    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    report = plan_load(model_shapes, {k: tuple(v.shape) for k, v in official.items()}, heads)
+    if not report.ok:
+        raise CheckpointError(report.message(source))
+    converted = convert_state_dict(official, heads)
+    own = model.state_dict()
+    for key in [k for k in converted if OPTIONAL_KEYS.search(k)]:
+        if not torch.equal(converted[key].to(own[key].device), own[key]):
+            raise CheckpointError(f"cannot load checkpoint {source}: {key} differs from the Swin window index")
+    model.load_state_dict(converted, strict=False)
+    return report
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder (safetensors, sharded or not; or pickle-free .bin)."""
+    files = sorted(folder.glob("*.safetensors"))
+    tensors: dict[str, torch.Tensor] = {}
+    if files:
+        for f in files:
+            try:
+                with safe_open(str(f), framework="pt") as sf:
+                    for k in sf.keys():
+                        tensors[k] = sf.get_tensor(k)
+            except Exception as exc:  # safetensors raises its own error types for corrupt headers
+                raise CheckpointError(f"cannot read {f}: {exc}") from None
+        return tensors
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if not bins:
+        raise CheckpointError(f"no weights in {folder}: expected *.safetensors or pytorch_model*.bin")
+    for f in bins:
+        try:
+            tensors.update(torch.load(f, map_location="cpu", weights_only=True))
+        except Exception as exc:  # UnpicklingError for a pickle that tries to run code
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"refusing to load {f}: it is not a plain tensor file ({first}). "
+                "Only weights_only pickles are read; convert the checkpoint to safetensors."
+            ) from None
+    return tensors
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a SegEarth-R1 checkpoint folder: config.json is missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+
+
+def load_pretrained(
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    image_size: int = 1024,
+) -> SegEarthR1:
+    """Build and load a model from an official ``save_pretrained`` folder (or one of ours)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    raw = read_config(folder)
+    weights = read_weights(folder)
+    cfg = config_from_official(raw, image_size=image_size)
+    vocab = weights.get("model.embed_tokens.weight")
+    if vocab is not None and vocab.shape[0] != cfg.llm.vocab_size:
+        # The vocabulary size follows the tensors (the official config and tensors can disagree).
+        cfg = replace(cfg, llm=replace(cfg.llm, vocab_size=vocab.shape[0]))
+    return build_and_load(cfg, weights, str(folder), device, dtype)
+
+
+def build_and_load(
+    cfg: SegEarthConfig,
+    weights: Mapping[str, torch.Tensor],
+    source: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> SegEarthR1:
+    with torch.device("meta"):
+        model = SegEarthR1(cfg)
+    model = model.to_empty(device=device)
+    model.materialize_buffers()
+    load_official_weights(model, weights, source)
+    return model.to(dtype).eval()
+
+
+def save_pretrained(model: SegEarthR1, folder: str | Path, config: dict, overwrite: bool = False) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` in the official format."""
+    folder = Path(folder)
+    target = folder / "model.safetensors"
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in to_official_state_dict(model).items()}
+    save_file(tensors, str(target), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return target
+
+
+def tensor_shapes(items: Iterable[tuple[str, torch.Tensor]]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in items}

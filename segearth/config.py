@@ -1,0 +1,260 @@
+"""Typed configuration of SegEarth-R1.
+
+One dataclass per box of the architecture, gathered in :class:`SegEarthConfig`. The released
+configuration (Swin-B + Phi-1.5, 1024x1024 input) is :func:`released_config`; smaller ones (tests,
+the official parity fixtures) are built by hand or read from an official ``config.json`` with
+:func:`config_from_official`.
+
+The official code keeps the mask-decoder sizes in a detectron2 YAML that is *not* part of the
+checkpoint; the defaults below are the effective values of the released
+``maskformer2_swin_base_384_bs16_50ep.yaml`` chain, so a user never has to supply one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+# Pixel statistics of the official preprocessing, on the 0-255 scale, RGB order.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class SwinConfig:
+    """Hierarchical Swin encoder (detectron2/Mask2Former variant)."""
+
+    embed_dim: int = 128
+    depths: tuple[int, ...] = (2, 2, 18, 2)
+    num_heads: tuple[int, ...] = (4, 8, 16, 32)
+    window_size: int = 12
+    patch_size: int = 4
+    in_channels: int = 3
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.3
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        """Channels of res2..res5."""
+        return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
+
+
+@dataclass(frozen=True)
+class PhiConfig:
+    """Phi language model sizes (Phi-1.5 by default; vocab follows the checkpoint)."""
+
+    vocab_size: int = 50297
+    hidden_size: int = 2048
+    intermediate_size: int = 8192
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 32
+    partial_rotary_factor: float = 0.5
+    rope_theta: float = 10000.0
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "gelu_new"
+    max_position_embeddings: int = 2048
+
+
+@dataclass(frozen=True)
+class DProjectorConfig:
+    """Description projector. The official code hard-codes these sizes at every model size."""
+
+    dim: int = 512
+    depth: int = 1
+    heads: int = 8
+    dim_head: int = 64
+    ff_mult: int = 1
+
+
+@dataclass(frozen=True)
+class PixelDecoderConfig:
+    """Multi-scale deformable-attention pixel decoder (Mask2Former style)."""
+
+    conv_dim: int = 256
+    mask_dim: int = 256
+    num_encoder_layers: int = 6
+    num_heads: int = 8
+    ffn_dim: int = 1024  # hard-coded in the official code, independent of conv_dim
+    num_points: int = 4
+    num_groups: int = 32
+    common_stride: int = 4
+
+
+@dataclass(frozen=True)
+class MaskDecoderConfig:
+    """Masked-attention mask generator queried by the description embedding."""
+
+    hidden_dim: int = 256
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    num_layers: int = 9  # the official YAML says DEC_LAYERS 10; the code builds DEC_LAYERS - 1
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Official training losses (PointRend-style sampled BCE + Dice, plus the LM term)."""
+
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    lm_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class SegEarthConfig:
+    """Everything needed to build a :class:`~segearth.modeling.segearth_r1.SegEarthR1`."""
+
+    image_size: int = 1024
+    vision: SwinConfig = field(default_factory=SwinConfig)
+    llm: PhiConfig = field(default_factory=PhiConfig)
+    d_projector: DProjectorConfig = field(default_factory=DProjectorConfig)
+    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
+    mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    pixel_mean: tuple[float, float, float] = PIXEL_MEAN
+    pixel_std: tuple[float, float, float] = PIXEL_STD
+
+    def __post_init__(self) -> None:
+        if self.image_size % 64 != 0 or self.image_size <= 0:
+            raise ValueError(
+                f"image_size must be a positive multiple of 64 (the connector halves the stride-32 "
+                f"map twice), got {self.image_size}"
+            )
+        if self.llm.hidden_size % self.llm.num_attention_heads != 0:
+            raise ValueError("llm.hidden_size must be divisible by llm.num_attention_heads")
+
+    @property
+    def connector_size(self) -> int:
+        """Side of the connector's first LayerNorm map (16 at 1024 input): image_size // 64."""
+        return self.image_size // 64
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """Visual tokens per image given to the LLM (64 at 1024 input)."""
+        return (self.connector_size // 2) ** 2
+
+
+def released_config(vocab_size: int = 50297) -> SegEarthConfig:
+    """The released SegEarth-R1 configuration: Swin-B, Phi-1.5, 1024x1024 input."""
+    return SegEarthConfig(llm=PhiConfig(vocab_size=vocab_size))
+
+
+def small_config(image_size: int = 256) -> SegEarthConfig:
+    """A tiny configuration for unit tests: same code paths, seconds on a CPU."""
+    return SegEarthConfig(
+        image_size=image_size,
+        vision=SwinConfig(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
+        llm=PhiConfig(
+            vocab_size=259, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
+        pixel_decoder=PixelDecoderConfig(conv_dim=32, mask_dim=32, num_encoder_layers=2, num_heads=4),
+        mask_decoder=MaskDecoderConfig(hidden_dim=32, num_heads=4, ffn_dim=64, num_layers=3),
+    )
+
+
+_SWIN_TYPES = {
+    "base": SwinConfig(),
+    "large": SwinConfig(embed_dim=192, num_heads=(6, 12, 24, 48)),
+}
+
+
+def config_from_official(
+    llm_config: dict[str, Any],
+    *,
+    swin_kwargs: dict[str, Any] | None = None,
+    mask_decoder_cfg: dict[str, Any] | None = None,
+    image_size: int = 1024,
+) -> SegEarthConfig:
+    """Build a config from the official ``config.json`` (``model_type "llava_phi"``).
+
+    Args:
+        llm_config: the checkpoint's ``config.json`` (Phi keys + ``swin_type`` etc.).
+        swin_kwargs: explicit Swin constructor arguments (the parity fixtures use a small Swin);
+            otherwise ``swin_type`` selects the released encoder.
+        mask_decoder_cfg: flat detectron2-style overrides (``"MODEL.MASK_FORMER.HIDDEN_DIM"`` ...);
+            missing values take the released defaults.
+        image_size: model input side; the released checkpoints use 1024.
+    """
+    phi = PhiConfig(
+        vocab_size=int(llm_config.get("vocab_size", 50297)),
+        hidden_size=int(llm_config.get("hidden_size", 2048)),
+        intermediate_size=int(llm_config.get("intermediate_size", 8192)),
+        num_hidden_layers=int(llm_config.get("num_hidden_layers", 24)),
+        num_attention_heads=int(llm_config.get("num_attention_heads", 32)),
+        partial_rotary_factor=float(llm_config.get("partial_rotary_factor", 0.5)),
+        rope_theta=float(llm_config.get("rope_theta", 10000.0)),
+        layer_norm_eps=float(llm_config.get("layer_norm_eps", 1e-5)),
+        hidden_act=str(llm_config.get("hidden_act", "gelu_new")),
+        max_position_embeddings=int(llm_config.get("max_position_embeddings", 2048)),
+    )
+    if llm_config.get("qk_layernorm"):
+        raise ValueError("config.json has qk_layernorm=true; SegEarth-R1 checkpoints never use it")
+    if llm_config.get("mm_projector_type", "SparseConv_1") != "SparseConv_1":
+        raise ValueError(
+            f"unsupported mm_projector_type {llm_config['mm_projector_type']!r}: "
+            "only the released SparseConv_1 compression connector is implemented"
+        )
+    if swin_kwargs is not None:
+        vision = SwinConfig(
+            embed_dim=int(swin_kwargs["embed_dim"]),
+            depths=tuple(swin_kwargs["depths"]),
+            num_heads=tuple(swin_kwargs["num_heads"]),
+            window_size=int(swin_kwargs.get("window_size", 12)),
+            patch_size=int(swin_kwargs.get("patch_size", 4)),
+            in_channels=int(swin_kwargs.get("in_chans", 3)),
+            mlp_ratio=float(swin_kwargs.get("mlp_ratio", 4.0)),
+            qkv_bias=bool(swin_kwargs.get("qkv_bias", True)),
+            drop_path_rate=float(swin_kwargs.get("drop_path_rate", 0.3)),
+        )
+    else:
+        swin_type = llm_config.get("swin_type", "base")
+        if swin_type not in _SWIN_TYPES:
+            raise ValueError(f"unknown swin_type {swin_type!r}; expected one of {sorted(_SWIN_TYPES)}")
+        vision = _SWIN_TYPES[swin_type]
+
+    cfg = SegEarthConfig(image_size=image_size, vision=vision, llm=phi)
+    if mask_decoder_cfg:
+        cfg = _apply_mask_decoder_cfg(cfg, mask_decoder_cfg)
+    return cfg
+
+
+def _apply_mask_decoder_cfg(cfg: SegEarthConfig, m: dict[str, Any]) -> SegEarthConfig:
+    """Apply flat ``MODEL.*`` keys (as recorded by the fixtures) over ``cfg``."""
+    pd, md, loss = cfg.pixel_decoder, cfg.mask_decoder, cfg.loss
+    get = m.get
+    pd = replace(
+        pd,
+        conv_dim=int(get("MODEL.SEM_SEG_HEAD.CONVS_DIM", pd.conv_dim)),
+        mask_dim=int(get("MODEL.SEM_SEG_HEAD.MASK_DIM", pd.mask_dim)),
+        num_encoder_layers=int(get("MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", pd.num_encoder_layers)),
+        num_heads=int(get("MODEL.MASK_FORMER.NHEADS", pd.num_heads)),
+        common_stride=int(get("MODEL.SEM_SEG_HEAD.COMMON_STRIDE", pd.common_stride)),
+    )
+    dec_layers = get("MODEL.MASK_FORMER.DEC_LAYERS")
+    md = replace(
+        md,
+        hidden_dim=int(get("MODEL.MASK_FORMER.HIDDEN_DIM", md.hidden_dim)),
+        num_heads=int(get("MODEL.MASK_FORMER.NHEADS", md.num_heads)),
+        ffn_dim=int(get("MODEL.MASK_FORMER.DIM_FEEDFORWARD", md.ffn_dim)),
+        num_layers=int(dec_layers) - 1 if dec_layers is not None else md.num_layers,
+    )
+    loss = replace(
+        loss,
+        num_points=int(get("MODEL.MASK_FORMER.TRAIN_NUM_POINTS", loss.num_points)),
+        oversample_ratio=float(get("MODEL.MASK_FORMER.OVERSAMPLE_RATIO", loss.oversample_ratio)),
+        importance_sample_ratio=float(
+            get("MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO", loss.importance_sample_ratio)
+        ),
+        mask_weight=float(get("MODEL.MASK_FORMER.MASK_WEIGHT", loss.mask_weight)),
+        dice_weight=float(get("MODEL.MASK_FORMER.DICE_WEIGHT", loss.dice_weight)),
+    )
+    kwargs: dict[str, Any] = {"pixel_decoder": pd, "mask_decoder": md, "loss": loss}
+    if "MODEL.PIXEL_MEAN" in m:
+        kwargs["pixel_mean"] = tuple(float(v) for v in m["MODEL.PIXEL_MEAN"])
+    if "MODEL.PIXEL_STD" in m:
+        kwargs["pixel_std"] = tuple(float(v) for v in m["MODEL.PIXEL_STD"])
+    return replace(cfg, **kwargs)

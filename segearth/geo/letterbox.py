@@ -1,0 +1,104 @@
+"""Letterboxing: fit an RGB image into the model's square input and map predictions back.
+
+Geometry follows the reference preprocessing (spec §1.1): the longest side becomes ``size``,
+the short side is ``int(short * size / long)`` (truncation, not rounding), and the image is
+centred on a zero canvas with ``top = pad_h // 2`` and ``left = pad_w // 2``. Mean/std
+normalisation is the model's job, not done here.
+
+The resize is ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``
+without antialiasing, i.e. half-pixel centres like OpenCV's ``INTER_LINEAR``. The results
+agree with ``cv2.resize`` to within ±1 grey level (OpenCV uses 11-bit fixed-point weights and
+rounds differently), which keeps this module free of an OpenCV dependency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+def fit_long_side(height: int, width: int, size: int) -> tuple[int, int]:
+    """Return ``(new_h, new_w)`` with the longest side equal to ``size`` (reference truncation)."""
+    if height <= 0 or width <= 0 or size <= 0:
+        raise ValueError(f"sizes must be positive, got image {height}x{width} and size {size}")
+    if width > height:
+        return max(1, int(height * size / width)), size
+    return size, max(1, int(width * size / height))
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an image of ``in_h × in_w`` pixels sits on the ``size × size`` model canvas."""
+
+    size: int
+    in_h: int
+    in_w: int
+    new_h: int
+    new_w: int
+    top: int
+    left: int
+
+    @property
+    def scale(self) -> float:
+        """Canvas pixels per input pixel (along the longest side)."""
+        return max(self.new_h, self.new_w) / max(self.in_h, self.in_w)
+
+    def unletterbox(self, canvas: ArrayT, out_h: int | None = None, out_w: int | None = None) -> ArrayT:
+        """Crop the padding off a canvas-sized prediction and resize it to ``out_h × out_w``.
+
+        ``canvas`` is a 2-D ``(H, W)`` array or tensor (numpy in → numpy out, torch in →
+        torch out). Float inputs (logits, probabilities) are resized bilinearly with
+        ``align_corners=False``; bool/integer inputs (binary masks) with ``nearest-exact``
+        so they stay binary. A canvas at another resolution than ``size`` (the decoder's raw
+        256² logits) is first brought to ``size × size`` the same way, as the reference
+        post-processing does (spec §1.9), so the crop offsets stay exact integers.
+        ``out_h``/``out_w`` default to the letterboxed image's own size.
+        """
+        out_h = self.in_h if out_h is None else out_h
+        out_w = self.in_w if out_w is None else out_w
+        as_numpy = isinstance(canvas, np.ndarray)
+        tensor = torch.from_numpy(np.ascontiguousarray(canvas)) if as_numpy else canvas
+        if tensor.ndim != 2:
+            raise ValueError(f"expected a 2-D canvas, got shape {tuple(tensor.shape)}")
+        is_float = tensor.is_floating_point()
+        work = tensor.to(torch.float32)[None, None]
+        if tuple(work.shape[-2:]) != (self.size, self.size):
+            work = _resize(work, self.size, self.size, is_float)
+        work = work[..., self.top : self.top + self.new_h, self.left : self.left + self.new_w]
+        out = _resize(work, out_h, out_w, is_float)[0, 0].to(tensor.dtype)
+        return out.numpy() if as_numpy else out
+
+
+def _resize(x: torch.Tensor, height: int, width: int, bilinear: bool) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == (height, width):
+        return x
+    if bilinear:
+        return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=(height, width), mode="nearest-exact")
+
+
+def letterbox(image: np.ndarray, size: int = 1024) -> tuple[np.ndarray, Letterbox]:
+    """Letterbox an ``(H, W, 3)`` uint8 RGB image onto a ``size × size`` zero canvas.
+
+    Returns the uint8 canvas and the :class:`Letterbox` needed to undo it.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    in_h, in_w = image.shape[:2]
+    new_h, new_w = fit_long_side(in_h, in_w, size)
+    if (new_h, new_w) == (in_h, in_w):
+        resized = image
+    else:
+        chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(torch.float32)
+        out = F.interpolate(chw, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)
+        resized = out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    canvas[top : top + new_h, left : left + new_w] = resized
+    return canvas, Letterbox(size, in_h, in_w, new_h, new_w, top, left)

@@ -1,0 +1,1 @@
+"""SegEarth-R1 components, one module per box of the architecture figure."""
