@@ -17,13 +17,13 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import SegEarthConfig, config_from_official
+from .config import SegEarthConfig, config_from_dict, config_from_official, official_config_json
 from .modeling.llm import fuse_qkv, split_fused_qkv
 from .modeling.segearth_r1 import SegEarthR1
 
@@ -259,7 +259,10 @@ def load_pretrained(
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     raw = read_config(folder)
     weights = read_weights(folder)
-    cfg = config_from_official(raw, image_size=image_size)
+    if "segearth" in raw:  # written by segearth: the full config is stored
+        cfg = config_from_dict(raw["segearth"])
+    else:  # an official release: released sizes, LLM values from the file
+        cfg = config_from_official(raw, image_size=image_size)
     vocab = weights.get("model.embed_tokens.weight")
     if vocab is not None and vocab.shape[0] != cfg.llm.vocab_size:
         # The vocabulary size follows the tensors (the official config and tensors can disagree).
@@ -282,8 +285,8 @@ def build_and_load(
     return model.to(dtype).eval()
 
 
-def save_pretrained(model: SegEarthR1, folder: str | Path, config: dict, overwrite: bool = False) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` in the official format."""
+def save_pretrained(model: SegEarthR1, folder: str | Path, overwrite: bool = False) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` in the official format (our config included)."""
     folder = Path(folder)
     target = folder / "model.safetensors"
     if target.exists() and not overwrite:
@@ -291,9 +294,6 @@ def save_pretrained(model: SegEarthR1, folder: str | Path, config: dict, overwri
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in to_official_state_dict(model).items()}
     save_file(tensors, str(target), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "config.json").write_text(json.dumps(official_config_json(model.cfg), indent=2))
     return target
 
-
-def tensor_shapes(items: Iterable[tuple[str, torch.Tensor]]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in items}

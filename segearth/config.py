@@ -12,7 +12,7 @@ checkpoint; the defaults below are the effective values of the released
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 # Pixel statistics of the official preprocessing, on the 0-255 scale, RGB order.
@@ -258,3 +258,68 @@ def _apply_mask_decoder_cfg(cfg: SegEarthConfig, m: dict[str, Any]) -> SegEarthC
     if "MODEL.PIXEL_STD" in m:
         kwargs["pixel_std"] = tuple(float(v) for v in m["MODEL.PIXEL_STD"])
     return replace(cfg, **kwargs)
+
+
+def config_to_dict(cfg: SegEarthConfig) -> dict[str, Any]:
+    """Plain-JSON form of a config (stored under ``"segearth"`` in our ``config.json``)."""
+    return asdict(cfg)
+
+
+def config_from_dict(d: dict[str, Any]) -> SegEarthConfig:
+    """Inverse of :func:`config_to_dict`; unknown keys are an error, not silently ignored."""
+    sections = {f.name: f.type for f in fields(SegEarthConfig)}
+    unknown = set(d) - set(sections)
+    if unknown:
+        raise ValueError(f"unknown config key(s): {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for f in fields(SegEarthConfig):
+        if f.name not in d:
+            continue
+        value = d[f.name]
+        sub = _SECTION_TYPES.get(f.name)
+        if sub is not None:
+            known = {x.name for x in fields(sub)}
+            bad = set(value) - known
+            if bad:
+                raise ValueError(f"unknown key(s) in config section {f.name!r}: {sorted(bad)}")
+            value = sub(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return SegEarthConfig(**kwargs)
+
+
+_SECTION_TYPES = {
+    "vision": SwinConfig,
+    "llm": PhiConfig,
+    "d_projector": DProjectorConfig,
+    "pixel_decoder": PixelDecoderConfig,
+    "mask_decoder": MaskDecoderConfig,
+    "loss": LossConfig,
+}
+
+
+def official_config_json(cfg: SegEarthConfig) -> dict[str, Any]:
+    """``config.json`` content in the official llava_phi format plus our full config under ``segearth``."""
+    llm = cfg.llm
+    return {
+        "model_type": "llava_phi",
+        "architectures": ["SegEarthR1"],
+        "vocab_size": llm.vocab_size,
+        "hidden_size": llm.hidden_size,
+        "intermediate_size": llm.intermediate_size,
+        "num_hidden_layers": llm.num_hidden_layers,
+        "num_attention_heads": llm.num_attention_heads,
+        "partial_rotary_factor": llm.partial_rotary_factor,
+        "rope_theta": llm.rope_theta,
+        "layer_norm_eps": llm.layer_norm_eps,
+        "hidden_act": llm.hidden_act,
+        "max_position_embeddings": llm.max_position_embeddings,
+        "qk_layernorm": False,
+        "tie_word_embeddings": False,
+        "mm_projector_type": "SparseConv_1",
+        "projector_outdim": llm.hidden_size,
+        "mm_input_embeds": cfg.vision.stage_channels[-1],
+        "swin_type": "base",
+        "segearth": config_to_dict(cfg),
+    }

@@ -1,0 +1,163 @@
+"""Unit tests of each component on tiny configurations (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from segearth import SegEarthR1, small_config
+from segearth.config import SegEarthConfig, SwinConfig, released_config
+from segearth.modeling.connector import CompressionConnector
+from segearth.modeling.deform_attn import multi_scale_deformable_sampling
+from segearth.modeling.prompt import (
+    ANSWER_TOKEN, IGNORE_INDEX, IMAGE_TOKEN, REFER_TOKEN, SEG_TOKEN, build_prompt, render_prompt,
+)
+from segearth.modeling.swin import SwinEncoder
+
+IDS = torch.tensor([[5, 6, IMAGE_TOKEN, 7, REFER_TOKEN, 8, SEG_TOKEN, 9]])
+
+
+def test_swin_returns_res2_to_res5_for_any_size():
+    enc = SwinEncoder(SwinConfig(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2))).eval()
+    for h, w in ((256, 256), (100, 164)):
+        res = enc(torch.randn(2, 3, h, w))
+        sizes = [(-(-h // 4)), (-(-h // 8)), (-(-h // 16)), (-(-h // 32))]
+        assert [r.shape[1] for r in res] == [8, 16, 32, 64]
+        assert [r.shape[2] for r in res] == sizes
+
+
+def test_swin_drop_path_only_in_training():
+    enc = SwinEncoder(SwinConfig(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), drop_path_rate=0.5))
+    x = torch.randn(1, 3, 64, 64)
+    enc.eval()
+    assert torch.equal(enc(x)[-1], enc(x)[-1])
+    enc.train()
+    torch.manual_seed(0)
+    a = enc(x)[-1]
+    torch.manual_seed(1)
+    assert not torch.equal(a, enc(x)[-1])
+
+
+def test_connector_shapes_follow_image_size_and_refuse_other_sizes():
+    assert released_config().connector_size == 16 and released_config().num_visual_tokens == 64
+    conn = CompressionConnector(128, 64, size=4)
+    assert conn(torch.randn(2, 128, 8, 8)).shape == (2, 4, 64)
+    with pytest.raises(ValueError, match="connector expects a 8x8 res5 map"):
+        conn(torch.randn(1, 128, 16, 16))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        SegEarthConfig(image_size=1000)
+
+
+def test_deformable_sampling_at_pixel_centres_returns_the_pixel():
+    h, w, heads, dim = 3, 5, 2, 4
+    value = torch.randn(1, h * w, heads, dim)
+    y, x = 1, 3
+    loc = torch.tensor([(x + 0.5) / w, (y + 0.5) / h]).view(1, 1, 1, 1, 1, 2).expand(1, 1, heads, 1, 1, 2)
+    out = multi_scale_deformable_sampling(value, [(h, w)], loc, torch.ones(1, 1, heads, 1, 1))
+    assert torch.allclose(out.view(heads, dim), value[0, y * w + x], atol=1e-6)
+    # half-way between two pixels: their mean; outside the map: zero padding
+    loc_mid = torch.tensor([(x + 1) / w, (y + 0.5) / h]).view(1, 1, 1, 1, 1, 2).expand(1, 1, heads, 1, 1, 2)
+    out = multi_scale_deformable_sampling(value, [(h, w)], loc_mid, torch.ones(1, 1, heads, 1, 1))
+    expect = (value[0, y * w + x] + value[0, y * w + x + 1]) / 2
+    assert torch.allclose(out.view(heads, dim), expect, atol=1e-6)
+    outside = torch.full((1, 1, heads, 1, 1, 2), 2.0)
+    assert multi_scale_deformable_sampling(value, [(h, w)], outside, torch.ones(1, 1, heads, 1, 1)).abs().max() == 0
+
+
+def _byte_tokenizer():
+    """The fixture's hand-built tokenizer: byte-level BPE with no merges, ids in GPT-2 byte order."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    others = [b for b in range(256) if b not in printable]
+    symbols = {}
+    for i, b in enumerate(printable):
+        symbols[chr(b)] = i
+    for i, b in enumerate(others):
+        symbols[chr(256 + i)] = len(printable) + i
+    vocab = dict(symbols)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    fast.add_special_tokens({"eos_token": "<|endoftext|>", "pad_token": "[PAD]"})
+    fast.add_tokens(["[SEG]"])
+    assert fast.convert_tokens_to_ids(["<|endoftext|>", "[PAD]", "[SEG]"]) == [256, 257, 258]
+    return fast
+
+
+def test_prompt_builder_reproduces_the_official_ids(parity_dir):
+    raw = json.loads((parity_dir / "config.json").read_text())
+    prompt_cfg = raw["prompt"]
+    io = load_file(str(parity_dir / "io.safetensors"))
+    tok = _byte_tokenizer()
+    assert render_prompt("reasoning") == prompt_cfg["conversation_prompt"]
+    question = prompt_cfg["instruction_for_refer"].removeprefix(" ")
+    built = build_prompt(question, tok, "reasoning", answer=prompt_cfg["answer_for_answer_slot"], with_labels=True)
+    assert built.input_ids == io["input.input_ids"][0].tolist()
+    assert built.refer_ids == io["input.token_refer_id_0"].tolist()
+    assert built.answer_ids == io["input.token_answer_id_0"].tolist()
+    assert built.labels == io["input.labels"][0].tolist()
+
+
+def test_referring_prompt_has_no_answer_slot():
+    tok = _byte_tokenizer()
+    built = build_prompt("the river", tok, "referring", with_labels=True)
+    assert built.answer_ids is None and ANSWER_TOKEN not in built.input_ids
+    assert built.input_ids.count(REFER_TOKEN) == 1 and built.refer_ids[-1] == 258
+    assert built.labels[0] == IGNORE_INDEX and any(x != IGNORE_INDEX for x in built.labels)
+    with pytest.raises(ValueError, match="question is empty"):
+        build_prompt("  ", tok)
+
+
+def test_text_after_the_description_cannot_change_the_mask(small_model):
+    images = torch.randn(1, 3, 256, 256)
+    ids = torch.tensor([[5, 6, IMAGE_TOKEN, 7, REFER_TOKEN, 8, SEG_TOKEN, 9, ANSWER_TOKEN, 10]])
+    with torch.no_grad():
+        a = small_model(ids, [torch.tensor([1, 2])], images=images, answer_ids=[torch.tensor([3, 4, 5])])
+        b = small_model(ids, [torch.tensor([1, 2])], images=images, answer_ids=[torch.tensor([200, 7])])
+    assert torch.allclose(a.mask_logits, b.mask_logits, atol=1e-5)
+
+
+def test_batching_and_cached_image_features_match_single_runs(small_model):
+    images = torch.randn(2, 3, 256, 256)
+    descriptions = [torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6, 7, 8, 9])]
+    ids = torch.tensor([[5, 6, IMAGE_TOKEN, 7, REFER_TOKEN, 8, 257], [5, 6, IMAGE_TOKEN, 7, REFER_TOKEN, 8, 9]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        batched = small_model(ids, descriptions, images=images, attention_mask=mask).mask_logits
+        feats = small_model.encode_image(images)
+        for i in range(2):
+            single = small_model(ids[i : i + 1, : int(mask[i].sum())], descriptions[i : i + 1],
+                                 image_features=feats.select([i])).mask_logits
+            assert torch.allclose(batched[i], single[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_forward(small_model, dtype):
+    model = small_model.to(dtype)
+    with torch.no_grad():
+        out = model(IDS, [torch.tensor([1, 2, 3])], images=model.normalize(torch.rand(1, 3, 256, 256) * 255))
+    assert out.mask_logits.dtype == dtype and torch.isfinite(out.mask_logits).all()
+
+
+def test_bad_inputs_give_clear_errors(small_model):
+    with pytest.raises(ValueError, match=r"expected images of shape \[B, 3, 256, 256\]"):
+        small_model(IDS, [torch.tensor([1])], images=torch.randn(1, 3, 128, 128))
+    with pytest.raises(ValueError, match="no <refer> placeholder"):
+        small_model(torch.tensor([[5, IMAGE_TOKEN, 6]]), [torch.tensor([1])], images=torch.randn(1, 3, 256, 256))
+
+
+def test_released_config_builds_on_meta_with_the_official_parameter_count():
+    with torch.device("meta"):
+        model = SegEarthR1(released_config())
+    n = sum(p.numel() for p in model.parameters())
+    # official total for vocab 50297 minus the unused parameters (seg_query, query banks, SEG/CLASS proj)
+    unused = 100 * 2048 + 100 * 256 * 2 + 101 * 256 + 256 + 2 * (2 * 256 * 256 + 2 * 256)
+    official_51200 = 1592194104
+    assert n == official_51200 - 2 * (51200 - 50297) * 2048 - unused
+    assert small_config().num_visual_tokens == 4
