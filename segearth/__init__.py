@@ -1,7 +1,24 @@
-"""segearth: geospatial pixel reasoning with SegEarth-R1 in pure PyTorch."""
+"""segearth: geospatial pixel reasoning with SegEarth-R1 in pure PyTorch.
 
-from .config import SegEarthConfig, released_config, small_config
-from .modeling.segearth_r1 import SegEarthR1
+The model classes are imported lazily so that light tools (raster I/O, metrics, ``--help``) do not
+pay for importing ``transformers``.
+"""
 
-__all__ = ["SegEarthConfig", "SegEarthR1", "released_config", "small_config"]
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["SegEarthConfig", "SegEarthR1", "released_config", "small_config"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("SegEarthConfig", "released_config", "small_config"):
+        from . import config
+
+        return getattr(config, name)
+    if name == "SegEarthR1":
+        from .modeling.segearth_r1 import SegEarthR1
+
+        return SegEarthR1
+    raise AttributeError(f"module 'segearth' has no attribute {name!r}")

@@ -285,8 +285,9 @@ def build_and_load(
     return model.to(dtype).eval()
 
 
-def save_pretrained(model: SegEarthR1, folder: str | Path, overwrite: bool = False) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` in the official format (our config included)."""
+def save_pretrained(model: SegEarthR1, folder: str | Path, tokenizer=None, overwrite: bool = False) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` in the official format (our config included),
+    and the tokenizer files when a tokenizer is given."""
     folder = Path(folder)
     target = folder / "model.safetensors"
     if target.exists() and not overwrite:
@@ -295,5 +296,17 @@ def save_pretrained(model: SegEarthR1, folder: str | Path, overwrite: bool = Fal
     tensors = {k: v.detach().contiguous().cpu() for k, v in to_official_state_dict(model).items()}
     save_file(tensors, str(target), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(official_config_json(model.cfg), indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
     return target
+
+
+def load_model_and_tokenizer(
+    folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+):
+    """``(model, tokenizer)`` from a checkpoint folder; the tokenizer always comes from the folder."""
+    from .tokenizer import load_tokenizer
+
+    model = load_pretrained(folder, device=device, dtype=dtype)
+    return model, load_tokenizer(folder)
 

@@ -88,5 +88,55 @@ def check_checkpoint(
     console.print(f"[green]ok[/]: {folder} loaded, {n:,} parameters, image size {model.cfg.image_size}")
 
 
+
+
+@app.command()
+def predict(
+    image: str = typer.Argument(..., help="A raster (GeoTIFF/COG, JPEG, PNG), a folder of rasters, a quoted glob "
+                                "('scenes/*.tif') or a CSV manifest with columns image,question[,output]."),
+    questions: list[str] = typer.Argument(None, help="One or more questions (not needed with a CSV manifest)."),
+    model: Path = typer.Option(None, "--model", "-m", help="Checkpoint folder (config.json, *.safetensors, tokenizer)."),
+    out: Path = typer.Option(Path("segearth-out"), "--out", "-o", help="Output folder (created if needed)."),
+    mode: str = typer.Option("scene", help="scene: one prediction on a decimated overview; "
+                             "tiles: full-resolution windows blended in the overlaps (small targets, huge scenes)."),
+    tile_size: int = typer.Option(None, help="Tiles mode: window size in raster pixels (default: model input size)."),
+    overlap: int = typer.Option(128, help="Tiles mode: overlap between windows in pixels."),
+    bands: str = typer.Option(None, help="1-based bands to use as RGB, e.g. 4,3,2 (default: the first three; "
+                              "1- and 2-band rasters are replicated)."),
+    probabilities: bool = typer.Option(False, help="Write float32 probabilities instead of a 0/255 mask."),
+    simplify: float = typer.Option(0.0, help="Polygon simplification tolerance in CRS units (0 = none)."),
+    min_area: float = typer.Option(0.0, help="Drop polygons smaller than this many m² (pixels² without a CRS)."),
+    task: str = typer.Option("reasoning", help="Prompt template: reasoning (EarthReason) or referring (RRSIS-D)."),
+    device: str = typer.Option("cpu", help="Torch device (cpu, cuda, mps)."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    overwrite: bool = typer.Option(False, help="Replace existing output files."),
+    debug: bool = typer.Option(False, help="Show full tracebacks."),
+) -> None:
+    """Ask questions about rasters; write a georeferenced mask, polygons and a preview per question.
+
+    Outputs in --out, named after the input and the question: NAME_mask.tif (uint8 0/255, same CRS and
+    transform, nodata kept out), NAME.geojson (WGS84) and NAME.gpkg (raster CRS) with one feature per
+    region (question, model, area, mean probability), and NAME_preview.png. Existing files are never
+    replaced without --overwrite.
+
+    Examples:
+      segearth predict scene.tif "where could floodwater collect?" -m ckpt/
+      segearth predict naip.tif "the buildings" "the water" -m ckpt/ --bands 4,3,2 --mode tiles
+      segearth predict jobs.csv -m ckpt/ --out results/
+    """
+    from .batch import run_predict_command
+
+    try:
+        code = run_predict_command(
+            image, questions or [], model, out, mode=mode, tile_size=tile_size, overlap=overlap, bands=bands,
+            probabilities=probabilities, simplify=simplify, min_area=min_area, task=task, device=device,
+            dtype=dtype, overwrite=overwrite, console=console,
+        )
+    except USER_ERRORS as exc:
+        fail(exc, debug)
+        return
+    raise typer.Exit(code=code)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])

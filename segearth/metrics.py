@@ -96,9 +96,7 @@ def letterbox_mask(mask: np.ndarray, size: int = PAPER_SIZE) -> np.ndarray:
         raise ValueError(f"letterbox_mask expects a [H, W] mask, got shape {mask.shape}")
     geo = LetterboxGeometry.fit(*mask.shape, size=size)
     canvas = np.zeros((size, size), dtype=mask.dtype)
-    canvas[geo.top : geo.top + geo.new_h, geo.left : geo.left + geo.new_w] = resize_nearest(
-        mask, geo.new_h, geo.new_w
-    )
+    canvas[geo.top : geo.top + geo.new_h, geo.left : geo.left + geo.new_w] = resize_nearest(mask, geo.new_h, geo.new_w)
     return canvas
 
 

@@ -202,7 +202,7 @@ def test_truncated_and_all_nodata_rasters(tmp_path: Path) -> None:
     data = np.random.default_rng(1).integers(0, 4000, (1, 512, 512), dtype=np.uint16)
     full = tmp_path / "full.tif"
     with rasterio.open(full, "w", driver="GTiff", width=512, height=512, count=1, dtype="uint16",
-                       tiled=True, compress="deflate", crs="EPSG:32631", transform=from_origin(0, 0, 1, 1)) as dst:
+                       tiled=True, compress="deflate", crs="EPSG:32631", transform=from_origin(0, 512, 1, 1)) as dst:
         dst.write(data)
     blob = full.read_bytes()
     truncated = tmp_path / "truncated.tif"

@@ -56,7 +56,7 @@ def test_stitcher_constant_and_ramp(tmp_path: Path) -> None:
             constant.add(w, np.full((w.height, w.width), -2.5, np.float32))
             smooth.add(w, ramp[rows, cols])
         assert len(list(tmp_path.iterdir())) == 2  # accumulators live on disk, not in RAM
-        for (window, a), (_, b) in zip(constant.blocks(256), smooth.blocks(256)):
+        for (window, a), (_, b) in zip(constant.blocks(256), smooth.blocks(256), strict=True):
             rows = slice(window.row_off, window.row_off + window.height)
             cols = slice(window.col_off, window.col_off + window.width)
             np.testing.assert_allclose(a, -2.5, rtol=1e-6)

@@ -16,6 +16,7 @@ from segearth.modeling.prompt import (
     ANSWER_TOKEN, IGNORE_INDEX, IMAGE_TOKEN, REFER_TOKEN, SEG_TOKEN, build_prompt, render_prompt,
 )
 from segearth.modeling.swin import SwinEncoder
+from segearth.tokenizer import byte_level_tokenizer
 
 IDS = torch.tensor([[5, 6, IMAGE_TOKEN, 7, REFER_TOKEN, 8, SEG_TOKEN, 9]])
 
@@ -67,34 +68,11 @@ def test_deformable_sampling_at_pixel_centres_returns_the_pixel():
     assert multi_scale_deformable_sampling(value, [(h, w)], outside, torch.ones(1, 1, heads, 1, 1)).abs().max() == 0
 
 
-def _byte_tokenizer():
-    """The fixture's hand-built tokenizer: byte-level BPE with no merges, ids in GPT-2 byte order."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    others = [b for b in range(256) if b not in printable]
-    symbols = {}
-    for i, b in enumerate(printable):
-        symbols[chr(b)] = i
-    for i, b in enumerate(others):
-        symbols[chr(256 + i)] = len(printable) + i
-    vocab = dict(symbols)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
-    fast.add_special_tokens({"eos_token": "<|endoftext|>", "pad_token": "[PAD]"})
-    fast.add_tokens(["[SEG]"])
-    assert fast.convert_tokens_to_ids(["<|endoftext|>", "[PAD]", "[SEG]"]) == [256, 257, 258]
-    return fast
-
-
 def test_prompt_builder_reproduces_the_official_ids(parity_dir):
     raw = json.loads((parity_dir / "config.json").read_text())
     prompt_cfg = raw["prompt"]
     io = load_file(str(parity_dir / "io.safetensors"))
-    tok = _byte_tokenizer()
+    tok = byte_level_tokenizer()
     assert render_prompt("reasoning") == prompt_cfg["conversation_prompt"]
     question = prompt_cfg["instruction_for_refer"].removeprefix(" ")
     built = build_prompt(question, tok, "reasoning", answer=prompt_cfg["answer_for_answer_slot"], with_labels=True)
@@ -105,7 +83,7 @@ def test_prompt_builder_reproduces_the_official_ids(parity_dir):
 
 
 def test_referring_prompt_has_no_answer_slot():
-    tok = _byte_tokenizer()
+    tok = byte_level_tokenizer()
     built = build_prompt("the river", tok, "referring", with_labels=True)
     assert built.answer_ids is None and ANSWER_TOKEN not in built.input_ids
     assert built.input_ids.count(REFER_TOKEN) == 1 and built.refer_ids[-1] == 258

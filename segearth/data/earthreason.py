@@ -68,7 +68,12 @@ class EarthReason:
 
     @staticmethod
     def _find_split_dir(root: Path, split: str) -> Path:
-        for candidate in (root / "rs_reason_seg" / "RSReasonSeg" / split, root / "RSReasonSeg" / split, root / split, root):
+        for candidate in (
+            root / "rs_reason_seg" / "RSReasonSeg" / split,
+            root / "RSReasonSeg" / split,
+            root / split,
+            root,
+        ):
             if (candidate / "images").is_dir():
                 return candidate
         raise FileNotFoundError(

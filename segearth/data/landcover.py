@@ -199,7 +199,9 @@ class LandCover:
         if not 0 <= reasoning_per_class <= longest:
             raise ValueError(f"reasoning_per_class must be in [0, {longest}], got {reasoning_per_class}")
         self.split, self.seed = split, seed
-        self.reasoning_per_class, self.min_fraction, self.include_absent = reasoning_per_class, min_fraction, include_absent
+        self.reasoning_per_class = reasoning_per_class
+        self.min_fraction = min_fraction
+        self.include_absent = include_absent
         scenes = discover_scenes(Path(root))
         if split != "all":
             val = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,10 @@ def decode_segmentation(segmentation: list | dict, height: int, width: int) -> n
             rles = [{"size": segmentation["size"], "counts": counts.encode() if isinstance(counts, str) else counts}]
     else:
         raise ValueError(f"unsupported COCO segmentation of type {type(segmentation).__name__}")
-    decoded = coco_mask.decode(rles)  # [H, W, parts]
+    with warnings.catch_warnings():
+        # pycocotools < 2.1 trips numpy 2's __array__(copy=...) deprecation; harmless noise.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        decoded = coco_mask.decode(rles)  # [H, W, parts]
     if decoded.shape[:2] != (height, width):
         raise ValueError(f"RLE of size {decoded.shape[:2]} does not match image size {(height, width)}")
     return decoded.any(axis=2).astype(np.uint8)
@@ -108,7 +112,9 @@ class RRSISD:
         for candidate in (root / "rs_ref_seg" / "RRSIS-D", root / "RRSIS-D", root):
             if (candidate / "rrsisd").is_dir():
                 return candidate
-        raise FileNotFoundError(f"RRSIS-D: no rrsisd/ annotation folder under {root} (expected {root}/rs_ref_seg/RRSIS-D/rrsisd)")
+        raise FileNotFoundError(
+            f"RRSIS-D: no rrsisd/ annotation folder under {root} (expected {root}/rs_ref_seg/RRSIS-D/rrsisd)"
+        )
 
     def _in_split(self, ref_split: str) -> bool:
         return "test" in ref_split if self.split == "test" else ref_split == self.split

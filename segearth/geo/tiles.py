@@ -130,7 +130,9 @@ class LogitStitcher:
         self.close()
 
 
-def _source_index(out_start: int, out_len: int, in_len: int, out_total: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _source_index(
+    out_start: int, out_len: int, in_len: int, out_total: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bilinear source indices/weights along one axis, as ``F.interpolate(align_corners=False)``."""
     scale = in_len / out_total
     src = (np.arange(out_start, out_start + out_len, dtype=np.float64) + 0.5) * scale - 0.5

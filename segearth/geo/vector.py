@@ -135,7 +135,7 @@ def write_geojson(
         "type": "FeatureCollection",
         "features": [
             {"type": "Feature", "id": i, "properties": p.properties, "geometry": _plain(g)}
-            for i, (p, g) in enumerate(zip(polygons, geometries))
+            for i, (p, g) in enumerate(zip(polygons, geometries, strict=True))
         ],
     }
     if crs is None:

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import PhiConfig as HFPhiConfig
 from transformers import PhiModel
 from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
 
 from ..config import PhiConfig
 
@@ -63,6 +63,8 @@ def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) 
 class PhiLanguageModel(nn.Module):
     """Phi decoder run on spliced input embeddings; returns the final-LayerNorm hidden states."""
 
+    is_causal = True  # a prompt prefix can be cached and continued
+
     def __init__(self, cfg: PhiConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -73,6 +75,10 @@ class PhiLanguageModel(nn.Module):
         """Rebuild the rotary-frequency buffers (not saved in checkpoints) on the current device."""
         device = self.phi.embed_tokens.weight.device
         self.phi.rotary_emb = PhiRotaryEmbedding(self.phi.config).to(device)
+
+    def new_cache(self) -> DynamicCache:
+        """An empty key/value cache for :meth:`forward`."""
+        return DynamicCache(config=self.phi.config)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids [...] -> embeddings [..., D]."""

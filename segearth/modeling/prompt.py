@@ -153,11 +153,15 @@ def splice_sequence(
     ids: torch.Tensor,
     labels: torch.Tensor | None,
     image_tokens: torch.Tensor,
-    refer: torch.Tensor,
+    refer: torch.Tensor | None,
     answer: torch.Tensor | None,
     embed: Callable[[torch.Tensor], torch.Tensor],
+    require_description: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One sample: ids [L0] with placeholders -> (embeds [L, D], refer flags [L], labels [L])."""
+    """One sample: ids [L0] with placeholders -> (embeds [L, D], refer flags [L], labels [L]).
+
+    ``require_description=False`` allows a prompt prefix that stops before <refer> (prefix caching).
+    """
     embeds, flags, out_labels = [], [], []
     dev = ids.device
 
@@ -179,6 +183,8 @@ def splice_sequence(
         if token == IMAGE_TOKEN:
             add(image_tokens, False, ignore(image_tokens.shape[0]))
         elif token == REFER_TOKEN:
+            if refer is None:
+                raise ValueError("the prompt has a <refer> placeholder but no description ids were given")
             add(embed(refer), True, ignore(refer.shape[0]))
         elif token == ANSWER_TOKEN:
             if answer is None:
@@ -186,7 +192,7 @@ def splice_sequence(
             add(embed(answer), False, answer.to(torch.long))
         elif token != SEG_TOKEN:
             raise ValueError(f"unknown placeholder id {token} in input_ids")
-    if not any(f.any() for f in flags):
+    if require_description and not any(f.any() for f in flags):
         raise ValueError("the prompt has no <refer> placeholder: there is no description to segment")
     return torch.cat(embeds), torch.cat(flags), torch.cat(out_labels) if labels is not None else None
 

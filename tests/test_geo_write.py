@@ -1,0 +1,202 @@
+"""Writing masks, polygons, previews, and output names."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from PIL import Image
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.transform import from_origin
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+from shapely.geometry import box, shape
+
+from segearth.geo.read import open_raster, read_overview, read_valid_mask
+from segearth.geo.tiles import iter_blocks, upsample_blocks
+from segearth.geo.write import (
+    mask_to_polygons,
+    output_stem,
+    refuse_overwrite,
+    write_geojson,
+    write_gpkg,
+    write_mask_geotiff,
+    write_preview_png,
+)
+
+GEOTIFF = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiff"
+needs_data = pytest.mark.skipif(not GEOTIFF.is_dir(), reason="shared/data/geotiff not available")
+
+
+def synthetic(tmp_path: Path, crs: str | None = "EPSG:32631") -> Path:
+    """60x80 int16 raster, nodata in the right quarter."""
+    data = np.tile(np.arange(80, dtype=np.int16), (60, 1))[None]
+    data[:, :, 60:] = -9999
+    path = tmp_path / "scene.tif"
+    transform = from_origin(500000, 5700000, 2.0, 2.0) if crs else Affine.identity()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # intended for crs=None
+        dst = rasterio.open(path, "w", driver="GTiff", width=80, height=60, count=1, dtype="int16",
+                            crs=crs, transform=transform, nodata=-9999)
+    with dst:
+        dst.write(data)
+    return path
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["naip_rgbn_2019.tif", "landsat_int16_nodata_epsg4326.tif"])
+def test_mask_geotiff_round_trips_crs_and_transform(tmp_path: Path, name: str) -> None:
+    src = GEOTIFF / name
+    info = open_raster(src)
+    scene = read_overview(src, 256)
+    low = np.where(scene.image[..., 0] > 100, 4.0, -4.0).astype(np.float32)
+    blocks = ((w, v > 0) for w, v in upsample_blocks(low, info.width, info.height, 300))
+    out = write_mask_geotiff(tmp_path / "mask.tif", blocks, info, valid=lambda w: read_valid_mask(src, w),
+                             tags={"question": "bright?"})
+    valid = read_valid_mask(src)
+    with rasterio.open(out) as dst:
+        assert dst.crs == info.crs and dst.transform == info.transform
+        assert (dst.width, dst.height, dst.dtypes[0]) == (info.width, info.height, "uint8")
+        assert dst.block_shapes[0] == (256, 256) and dst.compression.value == "DEFLATE"
+        mask = dst.read(1)
+        assert set(np.unique(mask)) <= {0, 255} and (mask == 255).any()
+        assert not mask[~valid].any()  # nodata never inside the mask
+        assert np.array_equal(dst.dataset_mask() > 0, valid)  # and flagged as nodata
+        assert dst.tags()["question"] == "bright?"
+
+
+def test_probability_geotiff_nan_nodata_and_overwrite(tmp_path: Path) -> None:
+    src = synthetic(tmp_path)
+    info = open_raster(src)
+    probs = np.random.default_rng(0).random((60, 80)).astype(np.float32)
+    path = write_mask_geotiff(tmp_path / "p.tif", probs, info, probabilities=True, valid=read_valid_mask(src))
+    with rasterio.open(path) as dst:
+        assert dst.dtypes[0] == "float32" and np.isnan(dst.nodata)
+        back = dst.read(1)
+    assert np.isnan(back[:, 60:]).all() and np.array_equal(back[:, :60], probs[:, :60])
+    with pytest.raises(FileExistsError, match="p.tif already exists"):
+        write_mask_geotiff(path, probs, info, probabilities=True)
+    write_mask_geotiff(path, probs > 0.5, info, overwrite=True)
+    with pytest.raises(TypeError, match="threshold logits"):
+        write_mask_geotiff(path, probs, info, overwrite=True)
+
+
+def test_block_writes_equal_whole_array(tmp_path: Path) -> None:
+    info = open_raster(synthetic(tmp_path))
+    mask = np.random.default_rng(1).random((60, 80)) > 0.5
+    blocks = ((w, mask[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width])
+              for w in iter_blocks(80, 60, 32))
+    with rasterio.open(write_mask_geotiff(tmp_path / "b.tif", blocks, info)) as dst:
+        assert np.array_equal(dst.read(1) == 255, mask)
+
+
+def test_polygons_in_crs_coordinates_with_properties(tmp_path: Path) -> None:
+    info = open_raster(synthetic(tmp_path))
+    mask = np.zeros((60, 80), bool)
+    mask[10:20, 10:30] = True  # 200 px of 4 m² -> 800 m²
+    mask[14:16, 14:16] = False  # a hole
+    mask[40:42, 50:51] = True  # 2 px -> 8 m², dropped by min_area
+    probs = np.where(mask, 0.75, 0.1)
+    polygons = mask_to_polygons(mask, info.transform, info.crs, probabilities=probs, min_area=10.0,
+                                properties={"question": "Where is it?", "model": "tiny"})
+    assert len(polygons) == 1
+    (polygon,) = polygons
+    assert polygon.geometry.equals(
+        box(500020, 5700000 - 40, 500060, 5700000 - 20).difference(box(500028, 5699968, 500032, 5699972)))
+    assert box(*info.bounds).contains(polygon.geometry)
+    props = polygon.properties
+    assert props["question"] == "Where is it?" and props["model"] == "tiny"
+    assert props["area"] == pytest.approx(784.0) and props["area_units"] == "metre^2"
+    assert props["area_m2"] == pytest.approx(784.0, rel=1e-3)
+    assert props["mean_probability"] == pytest.approx(0.75)
+    simplified = mask_to_polygons(mask, info.transform, info.crs, simplify_tolerance=5.0)
+    assert len(simplified) == 2 and all(p.geometry.is_valid for p in simplified)
+
+
+@needs_data
+def test_geographic_areas_and_geojson_wgs84(tmp_path: Path) -> None:
+    src = GEOTIFF / "spacenet_pan_uint16.tif"  # UTM 16N, 0.5 m pixels
+    info = open_raster(src)
+    mask = np.zeros((info.height, info.width), bool)
+    mask[100:300, 200:260] = True
+    polygons = mask_to_polygons(mask, info.transform, info.crs, properties={"question": "q"})
+    assert polygons[0].properties["area"] == pytest.approx(200 * 60 * 0.25)
+    path = write_geojson(tmp_path / "p.geojson", polygons, info.crs)
+    doc = json.loads(path.read_text())
+    assert "crs" not in doc and doc["features"][0]["properties"]["question"] == "q"
+    lon, lat = shape(doc["features"][0]["geometry"]).centroid.coords[0]
+    west, south, east, north = transform_bounds(info.crs, "EPSG:4326", *info.bounds)
+    assert west < lon < east and south < lat < north and -85 < lon < -84  # Atlanta, lon/lat order
+    with pytest.raises(FileExistsError):
+        write_geojson(path, polygons, info.crs)
+
+    geo = GEOTIFF / "landsat_int16_nodata_epsg4326.tif"
+    ginfo = open_raster(geo)
+    gmask = np.zeros((ginfo.height, ginfo.width), bool)
+    gmask[500:600, 700:800] = True
+    (gpoly,) = mask_to_polygons(gmask, ginfo.transform, ginfo.crs)
+    assert gpoly.properties["area_units"] == "degree^2"
+    # ~0.00032244 x 0.00032242 degrees at 41.9 N: about 26.7 m x 35.8 m per pixel.
+    assert gpoly.properties["area_m2"] == pytest.approx(1e4 * 26.7 * 35.8, rel=0.02)
+
+
+def test_gpkg_native_crs(tmp_path: Path) -> None:
+    pyogrio = pytest.importorskip("pyogrio")
+    info = open_raster(synthetic(tmp_path))
+    mask = np.zeros((60, 80), bool)
+    mask[5:9, 5:9] = mask[30:40, 30:50] = True
+    polygons = mask_to_polygons(mask, info.transform, info.crs, properties={"question": "q"})
+    path = write_gpkg(tmp_path / "p.gpkg", polygons, info.crs)
+    meta = pyogrio.read_info(path)
+    assert meta["features"] == 2 and meta["crs"] == "EPSG:32631" and meta["geometry_type"] == "Polygon"
+    assert "area_m2" in list(meta["fields"])
+    write_gpkg(path, [], info.crs, overwrite=True)
+    assert pyogrio.read_info(path)["features"] == 0
+
+
+def test_pixel_coordinates_without_georeference(tmp_path: Path) -> None:
+    info = open_raster(synthetic(tmp_path, crs=None))
+    assert not info.has_georeference
+    mask = np.zeros((60, 80), bool)
+    mask[1:3, 2:5] = True
+    (polygon,) = mask_to_polygons(mask, info.transform, info.crs)
+    assert polygon.geometry.bounds == (2, 1, 5, 3) and "area_m2" not in polygon.properties
+    doc = json.loads(write_geojson(tmp_path / "p.geojson", [polygon], None).read_text())
+    assert "pixel" in doc["segearth:coordinates"]
+    write_mask_geotiff(tmp_path / "m.tif", mask, info)
+
+
+def test_preview_png(tmp_path: Path) -> None:
+    image = np.full((120, 160, 3), 90, np.uint8)
+    mask = np.zeros((60, 80), bool)
+    mask[10:30, 10:40] = True
+    path = write_preview_png(tmp_path / "p.png", image, mask, "Which buildings could host solar panels? " * 3)
+    with Image.open(path) as png:
+        assert png.width == 160 and png.height > 120  # caption strip below the image
+        pixels = np.asarray(png.convert("RGB"))
+    assert (pixels[40, 40] != 90).any() and (pixels[100, 140] == 90).all()
+    with pytest.raises(FileExistsError):
+        write_preview_png(path, image, mask, "again")
+
+
+def test_output_stem_and_refuse_overwrite(tmp_path: Path) -> None:
+    a = output_stem("/data/My Scene (2019).tif", "Where are the flooded roads, near the école?")
+    b = output_stem("/data/My Scene (2019).tif", "Where are the flooded roads, near the ecole?")
+    assert a != b and len(a) <= 60 and a.isascii() and a.startswith("my-scene-2019_where-are")
+    assert all(c.isalnum() or c in "-_" for c in a)
+    assert len(output_stem("x.tif", "q" * 500)) <= 60 and output_stem("x.tif", "水はどこ？").startswith("x_q_")
+    (tmp_path / "exists.tif").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="exists.tif"):
+        refuse_overwrite([tmp_path / "new.tif", tmp_path / "exists.tif"], overwrite=False)
+    refuse_overwrite([tmp_path / "exists.tif"], overwrite=True)
+
+
+def test_window_shape_mismatch_is_rejected(tmp_path: Path) -> None:
+    info = open_raster(synthetic(tmp_path))
+    with pytest.raises(ValueError, match="does not match window"):
+        write_mask_geotiff(tmp_path / "m.tif", [(Window(0, 0, 10, 10), np.ones((5, 5), bool))], info)
