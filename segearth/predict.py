@@ -187,7 +187,7 @@ def _write_all(predictor, path, info, questions, planned, sources, image, opts, 
         valid = np.isfinite(logits)
         mask = valid & (np.nan_to_num(logits, nan=-1.0) > 0)
         probs = 1.0 / (1.0 + np.exp(-np.nan_to_num(logits, nan=0.0)))
-        transform = info.transform * Affine.scale(factor)
+        transform = info.transform @ Affine.scale(factor)
         polygons = mask_to_polygons(
             mask, transform, info.crs, probabilities=probs, simplify_tolerance=opts.simplify,
             min_area=opts.min_area, properties={"question": q, "model": model_name},

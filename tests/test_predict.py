@@ -1,0 +1,176 @@
+"""Predictor caching and `segearth predict` on real GeoTIFFs with the tiny random-weight model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from typer.testing import CliRunner
+
+from segearth import SegEarthR1, small_config
+from segearth.checkpoint import save_pretrained
+from segearth.cli import app
+from segearth.predict import PredictOptions, predict_raster
+from segearth.predictor import Predictor
+from segearth.tokenizer import byte_level_tokenizer
+
+from conftest import SHARED
+
+GEOTIFF = SHARED / "data" / "geotiff"
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    return Predictor(SegEarthR1(small_config()).eval(), byte_level_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ckpt")
+    save_pretrained(SegEarthR1(small_config()).eval(), folder, tokenizer=byte_level_tokenizer())
+    return folder
+
+
+def _raster(name):
+    path = GEOTIFF / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+def test_cached_prediction_equals_the_full_forward(predictor):
+    canvas = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)
+    predictor.set_image(canvas)
+    for q in ("where could a boat travel?", "the roads", "which buildings are tallest?"):
+        cached, full = predictor.predict(q).logits, predictor.predict_uncached(q).logits
+        assert cached.shape == (64, 64)
+        assert torch.allclose(cached, full, atol=1e-5)
+    # a second image replaces the cache
+    predictor.set_image(255 - canvas)
+    assert torch.allclose(predictor.predict("the roads").logits, predictor.predict_uncached("the roads").logits, atol=1e-5)
+
+
+def test_predictor_input_errors(predictor):
+    with pytest.raises(ValueError, match=r"RGB canvas of shape \[256, 256, 3\]"):
+        predictor.set_image(np.zeros((100, 100, 3), np.uint8))
+    predictor.set_image(np.zeros((256, 256, 3), np.uint8))
+    with pytest.raises(ValueError, match="question is empty"):
+        predictor.predict("   ")
+    with pytest.raises(ValueError, match="tokens long; this model's context allows at most"):
+        predictor.predict("x" * 5000)
+
+
+@pytest.mark.parametrize("mode", ["scene", "tiles"])
+def test_outputs_are_georeferenced_like_the_input(predictor, tmp_path, mode):
+    src = _raster("naip_rgbn_2019.tif")
+    opts = PredictOptions(out_dir=tmp_path, mode=mode, bands=(4, 3, 2), tile_size=400, overlap=64)
+    result = predict_raster(predictor, src, ["the water", "the fields"], opts, "tiny")
+    assert len(result.results) == 2
+    with rasterio.open(src) as ref:
+        bounds, crs, transform, shape = ref.bounds, ref.crs, ref.transform, (ref.height, ref.width)
+    for r in result.results:
+        with rasterio.open(r.mask) as m:
+            assert m.crs == crs and m.transform == transform and (m.height, m.width) == shape
+            assert m.dtypes[0] == "uint8" and set(np.unique(m.read(1))) <= {0, 255}
+            assert m.tags()["question"] == r.question
+        collection = json.loads(r.geojson.read_text())
+        assert collection["type"] == "FeatureCollection"
+        # GeoJSON is WGS84: every vertex inside the raster footprint reprojected to lon/lat
+        from rasterio.warp import transform_bounds
+
+        west, south, east, north = transform_bounds(crs, "EPSG:4326", *bounds)
+        for feature in collection["features"]:
+            assert feature["properties"]["question"] == r.question and feature["properties"]["model"] == "tiny"
+            assert 0.0 <= feature["properties"]["mean_probability"] <= 1.0
+            xs, ys = zip(*[pt for ring in feature["geometry"]["coordinates"] for pt in ring])
+            assert west - 1e-6 <= min(xs) and max(xs) <= east + 1e-6
+            assert south - 1e-6 <= min(ys) and max(ys) <= north + 1e-6
+        import pyogrio
+
+        gdf_info = pyogrio.read_info(r.gpkg)
+        assert gdf_info["features"] == len(collection["features"]) and r.polygons == gdf_info["features"]
+        assert r.preview.stat().st_size > 0
+
+
+def test_nodata_is_never_inside_the_mask(predictor, tmp_path):
+    src = _raster("landsat_int16_nodata_epsg4326.tif")
+    result = predict_raster(predictor, src, ["the river"], PredictOptions(out_dir=tmp_path, probabilities=False), "tiny")
+    with rasterio.open(src) as ref:
+        nodata = ref.read(1) == ref.nodata
+    with rasterio.open(result.results[0].mask) as m:
+        mask = m.read(1)
+        dataset_mask = m.dataset_mask()
+    assert nodata.any() and not mask[nodata].any()
+    assert (dataset_mask[nodata] == 0).all()
+
+
+def test_tiles_mode_on_a_raster_larger_than_the_tiles(predictor, tmp_path):
+    path = tmp_path / "big.tif"
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 4000, size=(1, 700, 900), dtype=np.uint16)
+    with rasterio.open(path, "w", driver="GTiff", width=900, height=700, count=1, dtype="uint16",
+                       crs="EPSG:32631", transform=from_origin(500000, 5000000, 2.0, 2.0), nodata=0) as dst:
+        dst.write(data)
+    opts = PredictOptions(out_dir=tmp_path / "out", mode="tiles", tile_size=256, overlap=32, probabilities=True)
+    (tmp_path / "out").mkdir()
+    result = predict_raster(predictor, path, ["the roads"], opts, "tiny")
+    with rasterio.open(result.results[0].mask) as m:
+        probs = m.read(1)
+        assert m.dtypes[0] == "float32" and probs.shape == (700, 900)
+    finite = probs[np.isfinite(probs)]
+    assert finite.size > 0.99 * probs.size and finite.min() >= 0 and finite.max() <= 1
+
+
+def test_cli_single_raster_and_refusal_to_overwrite(checkpoint, tmp_path):
+    src = _raster("spacenet_rgb_uint8.tif")
+    args = ["predict", str(src), "the buildings", "-m", str(checkpoint), "--out", str(tmp_path)]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert len(list(tmp_path.glob("*_mask.tif"))) == 1 and len(list(tmp_path.glob("*.geojson"))) == 1
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "exists" in again.output and "Traceback" not in again.output
+    assert CliRunner().invoke(app, args + ["--overwrite"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "name, extra, message",
+    [
+        ("spacenet_sar_complex64.tif", [], "complex"),
+        ("naip_rgbn_2019.tif", ["--bands", "5,3,2"], "band"),
+        ("does_not_exist.tif", [], "does_not_exist.tif"),
+    ],
+)
+def test_cli_bad_inputs_exit_2_with_one_line(checkpoint, tmp_path, name, extra, message):
+    src = GEOTIFF / name
+    result = CliRunner().invoke(app, ["predict", str(src), "the water", "-m", str(checkpoint), "--out", str(tmp_path), *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_cli_empty_question_and_unwritable_folder(checkpoint, tmp_path):
+    src = _raster("spacenet_rgb_uint8.tif")
+    result = CliRunner().invoke(app, ["predict", str(src), "  ", "-m", str(checkpoint), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "question is empty" in result.output
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(app, ["predict", str(src), "water", "-m", str(checkpoint), "--out", str(blocker / "sub")])
+    assert result.exit_code == 2 and "output folder" in result.output
+
+
+def test_cli_manifest_batch_reports_failures_and_continues(checkpoint, tmp_path):
+    good = _raster("spacenet_rgb_uint8.tif")
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text(f"image,question,output\n{good},the roads,roads\n{GEOTIFF / 'missing.tif'},the water,\n"
+                        f"{good},the trees,\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["predict", str(manifest), "-m", str(checkpoint), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "missing.tif" in result.output and "1 item(s) failed" in result.output
+    assert (out / "roads_mask.tif").is_file()
+    assert len(list(out.glob("*_mask.tif"))) == 2
