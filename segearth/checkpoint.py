@@ -191,9 +191,13 @@ def _official_name(key: str) -> str:
 
 
 def load_official_weights(model: SegEarthR1, official: Mapping[str, torch.Tensor], source: str = "checkpoint") -> LoadReport:
-    """Load official-format tensors into ``model`` strictly; raise :class:`CheckpointError` otherwise."""
+    """Load official-format tensors into ``model`` strictly; raise :class:`CheckpointError` otherwise.
+
+    Frozen parts whose weights ship in an installed package (nano's MiniLM) may be absent.
+    """
     heads = model.cfg.llm.num_attention_heads
-    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    packaged = model.packaged_keys()
+    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in packaged or k in official}
     report = plan_load(model_shapes, {k: tuple(v.shape) for k, v in official.items()}, heads)
     if not report.ok:
         raise CheckpointError(report.message(source))
@@ -277,12 +281,19 @@ def build_and_load(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> SegEarthR1:
-    with torch.device("meta"):
-        model = SegEarthR1(cfg)
-    model = model.to_empty(device=device)
-    model.materialize_buffers()
+    if _loads_package_weights(cfg):  # pretrained parts read their files at construction
+        model = SegEarthR1(cfg).to(device)
+    else:  # no time or memory spent on random initialisation of weights about to be replaced
+        with torch.device("meta"):
+            model = SegEarthR1(cfg)
+        model = model.to_empty(device=device)
+        model.materialize_buffers()
     load_official_weights(model, weights, source)
     return model.to(dtype).eval()
+
+
+def _loads_package_weights(cfg: SegEarthConfig) -> bool:
+    return bool(getattr(cfg.vision, "pretrained", False) or getattr(cfg.llm, "pretrained", False))
 
 
 def save_pretrained(model: SegEarthR1, folder: str | Path, tokenizer=None, overwrite: bool = False) -> Path:
@@ -293,7 +304,8 @@ def save_pretrained(model: SegEarthR1, folder: str | Path, tokenizer=None, overw
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in to_official_state_dict(model).items()}
+    packaged = {_official_name(k) for k in model.packaged_keys()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in to_official_state_dict(model).items() if k not in packaged}
     save_file(tensors, str(target), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(official_config_json(model.cfg), indent=2))
     if tokenizer is not None:

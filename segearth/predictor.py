@@ -37,10 +37,11 @@ class Predictor:
     def __init__(self, model: SegEarthR1, tokenizer, task: Task = "reasoning") -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.task = task
+        # A model trained with one template (nano: answer-free) always uses it.
+        self.task = model.cfg.prompt_task or task
         self._features: ImageFeatures | None = None
         self._prefix_cache = None
-        template = build_prompt("x", tokenizer, task)
+        template = build_prompt("x", tokenizer, self.task)
         self._ids = template.input_ids
         self._answer = template.answer_ids
         cut = self._ids.index(REFER_TOKEN)

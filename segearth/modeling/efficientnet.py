@@ -156,8 +156,23 @@ class EfficientNetLiteEncoder(nn.Module):
         if with_classifier:
             self.head = ConvBN(cin, _HEAD_CHANNELS, 1)
             self.classifier = nn.Linear(_HEAD_CHANNELS, 1000)
+        self._init_weights()
         if pretrained:
             load_pretrained_efficientnet(self, variant)
+
+    def _init_weights(self) -> None:
+        # EfficientNet's own init: He normal over fan-out = k*k*out/groups (k*k for depthwise).
+        # PyTorch's default (and kaiming_normal_, which ignores groups) shrinks the activations at
+        # every block: a random encoder would output ~1e-9 at res5, in the range of denormal
+        # floats, which are very slow on CPUs.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, std=math.sqrt(2.0 / fan_out))
+            elif isinstance(m, nn.Linear):
+                bound = 1.0 / math.sqrt(m.out_features)
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.zeros_(m.bias)
 
     @property
     def stage_channels(self) -> tuple[int, int, int, int]:

