@@ -81,15 +81,14 @@ def main() -> None:
         print(json.dumps(run_one(args.child, args.repeats)))
         return
     rows = []
+    keys = ["dtype", "threads", "build_s", "first_forward_s", "best_forward_s", "peak_rss_gib", "sequence_length"]
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys), flush=True)
     for dtype in args.dtypes:
         cmd = [sys.executable, __file__, "--child", dtype, "--repeats", str(args.repeats), "--threads", str(args.threads)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
-    keys = ["dtype", "threads", "build_s", "first_forward_s", "best_forward_s", "peak_rss_gib", "sequence_length"]
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in rows:
-        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+        print("| " + " | ".join(str(rows[-1][k]) for k in keys) + " |", flush=True)
     if len(rows) == 2:
         print(f"\n{rows[1]['dtype']} / {rows[0]['dtype']}: time x{rows[1]['best_forward_s'] / rows[0]['best_forward_s']:.2f}, "
               f"peak RSS x{rows[1]['peak_rss_gib'] / rows[0]['peak_rss_gib']:.2f}")
