@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .serve.command import serve
+
 app = typer.Typer(
     help="Geospatial pixel reasoning with SegEarth-R1: ask a question about a raster, get its mask.",
     no_args_is_help=True,
@@ -136,6 +138,9 @@ def predict(
         fail(exc, debug)
         return
     raise typer.Exit(code=code)
+
+
+app.command()(serve)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -124,7 +124,19 @@ class TrainConfig:
         return asdict(self)
 
 
+# Names people bring from the HF Trainer / official scripts, mapped to ours.
+ALIASES = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "bf16": "mixed_precision", "data_path": "root",
+    "dataset_type": "name",
+}
+
+
 def _nearest(name: str, options: list[str]) -> str:
+    prefix, _, leaf = name.rpartition(".")
+    alias = ALIASES.get(leaf)
+    if alias is not None and f"{prefix}.{alias}".lstrip(".") in options:
+        return f"; did you mean {f'{prefix}.{alias}'.lstrip('.')!r}?"
     match = difflib.get_close_matches(name, options, n=1, cutoff=0.4)
     return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(options)}"
 
@@ -140,12 +152,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is list:
         if not isinstance(value, list):
@@ -161,6 +172,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads ``1e-4`` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, (str, Path)):
             return str(value)
@@ -177,7 +193,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for key in raw:
         if key not in names:
             full = f"{prefix}{key}"
-            raise ConfigError(f"unknown config key {full!r}" + _nearest(str(key), [f"{prefix}{n}" for n in names]))
+            raise ConfigError(f"unknown config key {full!r}" + _nearest(full, [f"{prefix}{n}" for n in names]))
     kwargs = {}
     for f in fields(cls):
         if f.name not in raw:
@@ -212,7 +228,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         node = raw
         *parents, leaf = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else {}
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{p}: expected a mapping of keys in the config file, got {node!r}")
         node[leaf] = yaml.safe_load(text) if text.strip() else ""
     return raw
 

@@ -1,0 +1,114 @@
+"""The ``segearth serve`` command: load a checkpoint once and serve it with uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+
+
+def serve(
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Checkpoint folder (config.json, *.safetensors, tokenizer)."),
+    ] = None,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on. Keep 127.0.0.1 unless other machines must reach the server."),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option(help="TCP port."),
+    ] = 8000,
+    max_upload_mb: Annotated[
+        float,
+        typer.Option(help="Largest accepted raster upload in MB (larger ones get 413)."),
+    ] = 512.0,
+    max_queue: Annotated[
+        int,
+        typer.Option(help="Requests that may wait for the model; more get 503 with Retry-After."),
+    ] = 8,
+    timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a question may wait and run before the request gets 504."),
+    ] = 300.0,
+    cache_mb: Annotated[
+        float,
+        typer.Option(help="Memory budget in MB for cached image features (least recently used dropped first)."),
+    ] = 1024.0,
+    max_questions: Annotated[
+        int,
+        typer.Option(help="Questions allowed in one request."),
+    ] = 16,
+    max_images: Annotated[
+        int,
+        typer.Option(help="Uploaded images kept at once."),
+    ] = 100,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Where the temporary upload folder is created (default: the system temp folder)."),
+    ] = None,
+    task: Annotated[
+        str,
+        typer.Option(help="Prompt template: reasoning (EarthReason) or referring (RRSIS-D)."),
+    ] = "reasoning",
+    device: Annotated[
+        str,
+        typer.Option(help="Torch device (cpu, cuda, mps)."),
+    ] = "cpu",
+    dtype: Annotated[
+        str,
+        typer.Option(help="float32, bfloat16 or float16."),
+    ] = "float32",
+    debug: Annotated[
+        bool,
+        typer.Option(help="Show full tracebacks."),
+    ] = False,
+) -> None:
+    """Serve a model over HTTP: a REST API for GIS pipelines and a web page for people.
+
+    The model is loaded once. Open http://HOST:PORT/ for the page (upload or pick an image, pan and
+    zoom, ask questions, overlay and download masks) and http://HOST:PORT/docs for the API:
+
+      POST   /images                           upload a GeoTIFF/PNG/JPEG -> id + metadata
+      POST   /images/{id}/ask                  {"questions": [...], "format": "geojson"} -> scores + links
+      GET    /images/{id}/answers/{n}/{format} the mask as geotiff, geojson or png
+      GET    /images, DELETE /images/{id}, /health, /models
+
+    Questions wait in a bounded queue (one forward at a time); a second question about the same
+    image reuses its cached features. Uploads live in a temporary folder removed at shutdown.
+
+    Examples:
+      segearth serve -m ckpt/
+      curl -F file=@scene.tif http://127.0.0.1:8000/images
+      curl -H 'Content-Type: application/json' -d '{"questions": ["the roads"]}' \\
+           http://127.0.0.1:8000/images/ID/ask
+    """
+    err = Console(stderr=True)
+    try:
+        import uvicorn
+
+        from ..batch import load_predictor
+        from .app import create_app
+        from .settings import ServeSettings
+
+        settings = ServeSettings(
+            max_upload_mb=max_upload_mb, max_queue=max_queue, request_timeout_s=timeout, cache_mb=cache_mb,
+            max_questions=max_questions, max_images=max_images, workdir=workdir,
+        )
+        if workdir is not None and not workdir.is_dir():
+            raise FileNotFoundError(f"--workdir {workdir} is not a folder")
+        predictor, model_name = load_predictor(model, task, device, dtype)
+        app = create_app(predictor, model_name, settings)
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    err.print(f"serving {escape(model_name)} on http://{host}:{port}/ (API docs at /docs)", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="debug" if debug else "info")

@@ -1,0 +1,89 @@
+"""Request and response bodies of the REST API (they make the OpenAPI page at ``/docs``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from .store import Answer, ImageRecord
+
+
+class ImageMeta(BaseModel):
+    id: str = Field(description="Server-chosen id of the uploaded image")
+    filename: str = Field(description="The client's file name (a label only)")
+    format: str = Field(description="GeoTIFF, PNG or JPEG, from the file's content")
+    size_bytes: int
+    width: int
+    height: int
+    bands: int
+    dtypes: list[str]
+    crs: str | None = Field(description="CRS as EPSG code or WKT; null without georeferencing")
+    bounds: list[float] = Field(description="left, bottom, right, top in CRS units (pixels without a CRS)")
+    transform: list[float] = Field(description="Affine a, b, c, d, e, f of the full-resolution grid")
+    georeferenced: bool
+    rgb_bands: list[int] = Field(description="1-based bands shown as red, green, blue")
+    notices: list[str]
+    preview: dict[str, int | str] = Field(description="url, width and height of the RGB preview")
+    answers: int = Field(description="Questions asked about this image so far")
+
+    @classmethod
+    def of(cls, r: ImageRecord) -> ImageMeta:
+        info = r.info
+        h, w = r.display_shape
+        return cls(
+            id=r.id, filename=r.filename, format=r.format, size_bytes=r.size_bytes, width=info.width,
+            height=info.height, bands=info.count, dtypes=list(info.dtypes),
+            crs=info.crs.to_string() if info.crs else None, bounds=list(info.bounds),
+            transform=list(info.transform)[:6], georeferenced=info.has_georeference,
+            rgb_bands=list(r.stretch.bands), notices=r.notices,
+            preview={"url": f"/images/{r.id}/preview.png", "width": w, "height": h}, answers=len(r.answers),
+        )
+
+
+class AskRequest(BaseModel):
+    questions: list[str] | str = Field(description="One question or a list of questions",
+                                       examples=[["where could floodwater collect after heavy rain?"]])
+    format: Literal["geotiff", "geojson", "png"] = Field(
+        "geojson", description="Mask format rendered now and linked as `url` (the others render on demand)")
+
+
+class Scores(BaseModel):
+    target_fraction: float = Field(description="Share of the valid pixels in the mask")
+    mean_probability: float = Field(description="Mean probability inside the mask (0 when empty)")
+    max_probability: float = Field(description="Highest probability anywhere in the image")
+    regions: int = Field(description="Number of separate polygons")
+    area_m2: float | None = Field(description="Mask area in m² (null without a CRS)")
+
+
+class AnswerOut(BaseModel):
+    number: int
+    question: str
+    scores: Scores
+    url: str | None = Field(None, description="Download link of the requested format")
+    downloads: dict[str, str] = Field(description="Download links of every format")
+    created: float
+
+    @classmethod
+    def of(cls, image_id: str, a: Answer, fmt: str | None = None) -> AnswerOut:
+        base = f"/images/{image_id}/answers/{a.number}"
+        downloads = {f: f"{base}/{f}" for f in ("geotiff", "geojson", "png")}
+        return cls(number=a.number, question=a.question, scores=Scores(**a.scores),
+                   url=downloads[fmt] if fmt else None, downloads=downloads, created=a.created)
+
+
+class AskResponse(BaseModel):
+    image_id: str
+    format: str
+    cached_features: bool = Field(description="The image's features were already cached (fast path)")
+    model_seconds: float = Field(description="Time spent on the model thread")
+    answers: list[AnswerOut]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str
+    image_size: int
+    device: str
+    dtype: str
+    parameters: int

@@ -1,0 +1,206 @@
+"""``segearth eval``: the harness, baselines, colour prior, report files and the command."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from segearth import SegEarthR1, small_config
+from segearth.checkpoint import save_pretrained
+from segearth.data import Sample
+from segearth.evaluate import ColourPrior, eval_command, evaluate, run_eval, standard_baselines
+from segearth.predictor import Prediction, Predictor
+from segearth.report import REPORT_FILES
+from segearth.tokenizer import byte_level_tokenizer
+
+import test_datasets
+from test_datasets import random_rgb, write_raster
+
+# The miniature official layouts of the dataset tests, reused as fixtures here.
+earthreason_root = test_datasets.earthreason_root
+rrsisd_root = test_datasets.rrsisd_root
+synthetic_dubai = test_datasets.synthetic_dubai
+
+SIZE = 128  # small_config(128): same code paths as the 256 default, several times faster
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ckpt")
+    save_pretrained(SegEarthR1(small_config(SIZE)).eval(), folder, tokenizer=byte_level_tokenizer())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    return Predictor(SegEarthR1(small_config(SIZE)).eval(), byte_level_tokenizer())
+
+
+@pytest.fixture
+def refsegrs_root(tmp_path: Path) -> Path:
+    base = tmp_path / "rs_ref_seg" / "RefSegRS"
+    for image_id in (3, 12):
+        write_raster(base / "images" / f"{image_id}.tif", random_rgb(24, 24, seed=image_id))
+        mask = np.zeros((1, 24, 24), np.uint8)
+        mask[0, :8] = 255
+        write_raster(base / "masks" / f"{image_id}.tif", mask)
+    (base / "output_phrase_val.txt").write_text("3 road along the river\n12 vehicle on the left\n3 the river\n")
+    return tmp_path
+
+
+class StubPredictor:
+    """Constant logits; counts the calls so grouping can be checked without a network."""
+
+    def __init__(self, logit: float, size: int = SIZE) -> None:
+        self.image_size, self.logit = size, logit
+        self.set_image_calls = 0
+        self.questions: list[str] = []
+
+    def set_image(self, canvas: np.ndarray) -> None:
+        assert canvas.shape == (self.image_size, self.image_size, 3)
+        self.set_image_calls += 1
+
+    def predict(self, question: str) -> Prediction:
+        self.questions.append(question)
+        return Prediction(question, torch.full((self.image_size // 4, self.image_size // 4), self.logit))
+
+
+def make_sample(tmp_path: Path, name: str, image: np.ndarray, mask: np.ndarray, kind: str = "referring",
+                class_name: str | None = None) -> Sample:
+    path = write_raster(tmp_path / f"{name}.png", np.moveaxis(image, -1, 0))
+    def loader() -> np.ndarray:
+        return mask.astype(np.uint8)
+
+    return Sample(name, path, f"where is {name}?", kind, None, loader, class_name)  # type: ignore[arg-type]
+
+
+def by_id(result, method: str = "model") -> dict[str, float]:
+    return {r.id: s.iou for r, s in zip(result.records, result.scores[method])}
+
+
+# --------------------------------------------------------------------------- harness and baselines
+
+
+def test_grouping_encodes_each_image_once(earthreason_root: Path) -> None:
+    from segearth.data import EarthReason
+
+    samples = EarthReason(earthreason_root, "val").samples  # image a: 2 questions, image b: 1
+    stub = StubPredictor(-1.0)
+    result = evaluate(stub, samples)
+    assert stub.set_image_calls == 2 and result.n_images == 2
+    assert stub.questions == [s.question for s in samples]
+    assert [r.id for r in result.records] == [s.id for s in samples]
+
+
+def test_baselines_on_hand_made_cases(tmp_path: Path) -> None:
+    image = random_rgb(20, 30).transpose(1, 2, 0)
+    full, empty = np.ones((20, 30)), np.zeros((20, 30))
+    half = np.zeros((20, 30))
+    half[:, :15] = 1
+    samples = [make_sample(tmp_path, n, image, m) for n, m in (("full", full), ("empty", empty), ("half", half))]
+    paper = evaluate(StubPredictor(-1.0), samples, "paper")  # the model predicts nothing
+    assert by_id(paper) == by_id(paper, "nothing") == {"full": 0.0, "empty": 1.0, "half": 0.0}
+    everything = by_id(paper, "everything")
+    assert everything["empty"] == 0.0 and everything["full"] == pytest.approx(1.0, abs=1e-6)
+    assert everything["half"] == pytest.approx(0.5, abs=1e-6)
+    new_h = int(20 * SIZE / 30)  # letterboxed image height: the rest of the canvas is padding
+    assert by_id(paper, "everything_canvas")["full"] == pytest.approx(new_h / SIZE, abs=1e-6)
+    native = evaluate(StubPredictor(1.0), samples, "native")  # the model predicts everything
+    assert "everything_canvas" not in native.scores
+    assert by_id(native) == by_id(native, "everything")
+    assert native.records[2].intersection == 300 and native.records[2].union == 600
+    summary = native.summary()["nothing"]["overall"]
+    assert summary["gIoU"] == pytest.approx(1 / 3) and summary["cIoU"] == 0.0
+
+
+def test_paper_and_native_agree_on_square_images(tmp_path: Path, predictor: Predictor) -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    mask = np.zeros((SIZE, SIZE))
+    mask[20:70, 30:100] = 1
+    samples = [make_sample(tmp_path, "sq", image, mask), make_sample(tmp_path, "sq2", image, 1 - mask)]
+    paper, native = evaluate(predictor, samples, "paper"), evaluate(predictor, samples, "native")
+    for a, b in zip(paper.records, native.records):
+        fields = ("iou", "intersection", "union", "target_pixels", "predicted_pixels")
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+    assert by_id(paper, "everything_canvas") == by_id(paper, "everything") == by_id(native, "everything")
+
+
+def test_colour_prior_learns_class_colours(tmp_path: Path) -> None:
+    blue, sand = np.array([20, 60, 200], np.uint8), np.array([210, 180, 120], np.uint8)
+
+    def scene(name: str, split_row: int) -> list[Sample]:
+        image = np.empty((16, 16, 3), np.uint8)
+        image[:split_row], image[split_row:] = blue, sand
+        water = np.zeros((16, 16))
+        water[:split_row] = 1
+        return [make_sample(tmp_path, f"{name}-w", image, water, class_name="water"),
+                make_sample(tmp_path, f"{name}-l", image, 1 - water, class_name="land")]
+
+    prior = ColourPrior.fit(scene("train", 5))
+    test = scene("test", 11)
+    result = evaluate(StubPredictor(-1.0), test, "native", baselines=standard_baselines("native", SIZE, prior))
+    assert by_id(result, "oracle_colour") == pytest.approx({"test-w": 1.0, "test-l": 1.0}, abs=1e-6)
+    assert prior.predict(test[0].load_image(), "road").sum() == 0  # a class never seen in training
+
+
+# --------------------------------------------------------------------------- end to end with report files
+
+
+@pytest.mark.parametrize("dataset, root_fixture", [
+    ("earthreason", "earthreason_root"), ("rrsisd", "rrsisd_root"), ("refsegrs", "refsegrs_root")])
+def test_official_layouts_end_to_end(dataset: str, root_fixture: str, checkpoint: Path, tmp_path: Path,
+                                     request: pytest.FixtureRequest) -> None:
+    root = request.getfixturevalue(root_fixture)
+    out = tmp_path / "report"
+    result = run_eval(dataset, "val", root, checkpoint, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_samples"] == len(result.records) > 0 and report["canvas_size"] == SIZE
+    overall = report["metrics"]["model"]["overall"]
+    assert set(overall) == {"n", "gIoU", "cIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9"}
+    with (out / "samples.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["id"] for r in rows] == [r.id for r in result.records]
+    assert {"id", "question", "kind", "iou", "intersection", "union", "iou_nothing"} <= set(rows[0])
+    assert "| model |" in (out / "report.md").read_text()
+    assert ("oracle_colour" in report["metrics"]) == (dataset == "rrsisd")  # only RRSIS-D has classes
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_eval(dataset, "val", root, checkpoint, out)
+
+
+def test_landcover_end_to_end_native(synthetic_dubai: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = run_eval("landcover", "all", synthetic_dubai, checkpoint, out, protocol="native", limit=4)
+    assert len(result.records) == 4 and set(result.scores) == {"model", "nothing", "everything", "oracle_colour"}
+    assert any("in-sample" in note for note in result.notes)
+    md = (out / "report.md").read_text()
+    assert "## By class" in md and "## By question kind" in md and "oracle class + colour prior" in md
+    run_eval("landcover", "all", synthetic_dubai, checkpoint, out, limit=2, overwrite=True)
+    assert json.loads((out / "report.json").read_text())["n_samples"] == 2
+
+
+def test_command_line_and_errors(synthetic_dubai: Path, checkpoint: Path, tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command("eval")(eval_command)
+    runner = CliRunner()
+    args = ["-d", "landcover", "--data-root", str(synthetic_dubai), "--split", "all", "--limit", "1"]
+    ok = runner.invoke(app, [*args, "-m", str(checkpoint), "-o", str(tmp_path / "r")])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "r" / "cases.png").is_file()
+    for extra, message in (([], "no --model"), (["-m", str(tmp_path / "nope")], "does not exist"),
+                           (["-m", str(checkpoint), "--split", "test"], "split"),
+                           (["-m", str(checkpoint), "-o", str(tmp_path / "r")], "--overwrite")):
+        failed = runner.invoke(app, [*args, *extra])
+        assert failed.exit_code == 2 and message in failed.output, failed.output
+    missing = runner.invoke(app, ["-d", "earthreason", "--data-root", str(tmp_path), "-m", str(checkpoint)])
+    assert missing.exit_code == 2 and "EarthReason" in missing.output
