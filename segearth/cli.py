@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .evaluate import eval_command
 from .serve.command import serve
 
 app = typer.Typer(
@@ -141,6 +142,7 @@ def predict(
 
 
 app.command()(serve)
+app.command("eval")(eval_command)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -95,7 +95,7 @@ def letterbox(image: np.ndarray, size: int = 1024) -> tuple[np.ndarray, Letterbo
     if (new_h, new_w) == (in_h, in_w):
         resized = image
     else:
-        chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(torch.float32)
+        chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(torch.float32)
         out = F.interpolate(chw, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)
         resized = out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
     top, left = (size - new_h) // 2, (size - new_w) // 2
