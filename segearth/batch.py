@@ -17,6 +17,7 @@ from rich.table import Table
 from .geo.read import open_raster
 from .predict import PredictOptions, predict_raster, work_units
 from .predictor import Predictor
+from .weights import resolve_model
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".img", ".vrt"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -106,10 +107,10 @@ def load_predictor(model: Path | None, task: str, device: str, dtype: str) -> tu
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if task not in ("reasoning", "referring"):
         raise ValueError(f"--task must be reasoning or referring, got {task!r}")
-    if model is None:
-        raise ValueError("no --model given: pass a SegEarth-R1 checkpoint folder (config.json, *.safetensors, tokenizer)")
-    net, tokenizer = load_model_and_tokenizer(model, device=device, dtype=DTYPES[dtype])
-    return Predictor(net, tokenizer, task=task), Path(model).resolve().name  # type: ignore[arg-type]
+    folder = resolve_model(model)  # None = the built-in segearth-nano
+    net, tokenizer = load_model_and_tokenizer(folder, device=device, dtype=DTYPES[dtype])
+    name = "segearth-nano" if model is None else folder.resolve().name
+    return Predictor(net, tokenizer, task=task), name
 
 
 def run_predict_command(

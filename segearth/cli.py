@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .evaluate import eval_command
 from .serve.command import serve
+from .train.command import train
 
 app = typer.Typer(
     help="Geospatial pixel reasoning with SegEarth-R1: ask a question about a raster, get its mask.",
@@ -98,7 +99,7 @@ def predict(
     image: str = typer.Argument(..., help="A raster (GeoTIFF/COG, JPEG, PNG), a folder of rasters, a quoted glob "
                                 "('scenes/*.tif') or a CSV manifest with columns image,question[,output]."),
     questions: list[str] = typer.Argument(None, help="One or more questions (not needed with a CSV manifest)."),
-    model: Path = typer.Option(None, "--model", "-m", help="Checkpoint folder (config.json, *.safetensors, tokenizer)."),
+    model: Path = typer.Option(None, "--model", "-m", help="Checkpoint folder (config.json, *.safetensors, tokenizer); default: the built-in segearth-nano."),
     out: Path = typer.Option(Path("segearth-out"), "--out", "-o", help="Output folder (created if needed)."),
     mode: str = typer.Option("scene", help="scene: one prediction on a decimated overview; "
                              "tiles: full-resolution windows blended in the overlaps (small targets, huge scenes)."),
@@ -143,6 +144,7 @@ def predict(
 
 app.command()(serve)
 app.command("eval")(eval_command)
+app.command()(train)
 
 
 def main() -> None:  # pragma: no cover - console entry point

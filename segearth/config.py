@@ -175,7 +175,7 @@ class SegEarthConfig:
     @property
     def num_visual_tokens(self) -> int:
         """Visual tokens per image given to the LLM (64 at 1024 input)."""
-        return (self.connector_size // 2) ** 2
+        return ((self.connector_size + 1) // 2) ** 2
 
 
 def nano_config(image_size: int = 384) -> SegEarthConfig:

@@ -64,11 +64,6 @@ MAX_PRIOR_IMAGES = 500
 ToGrid = Callable[[np.ndarray], np.ndarray]
 
 
-def default_model() -> Path | None:
-    """The model ``segearth eval`` uses without ``--model``; ``None`` until a built-in one ships."""
-    return None
-
-
 def load_samples(dataset: str, split: str, data_root: Path, first_question_only: bool = False) -> list[Sample]:
     """The samples of one split of one dataset (layout errors raise naming the missing file)."""
     from .data import RRSISD, EarthReason, LandCover, RefSegRS
@@ -314,10 +309,6 @@ def run_eval(dataset: str, split: str, data_root: Path, model: Path | None, out:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
-    model = model or default_model()
-    if model is None:
-        raise ValueError("no --model given: pass a SegEarth-R1 checkpoint folder "
-                         "(config.json, *.safetensors, tokenizer)")
     check_outputs(out, overwrite)  # refuse before the long run, not after it
     samples = load_samples(dataset, split, data_root, first_question_only)[:limit]
     if not samples:
@@ -354,7 +345,7 @@ def eval_command(
     split: Annotated[str, typer.Option(
         help="train, val or test (earthreason, rrsisd, refsegrs); train, val or all (landcover).")] = "val",
     model: Annotated[Path | None, typer.Option(
-        "--model", "-m", help="Checkpoint folder (config.json, *.safetensors, tokenizer).")] = None,
+        "--model", "-m", help="Checkpoint folder (config.json, *.safetensors, tokenizer); default: the built-in segearth-nano.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (created if needed).")] = DEFAULT_OUT,
     protocol: Annotated[str, typer.Option(
         help="paper: official scoring on the model's letterboxed canvas (1024² for the released model); "

@@ -197,7 +197,7 @@ def test_command_line_and_errors(synthetic_dubai: Path, checkpoint: Path, tmp_pa
     ok = runner.invoke(app, [*args, "-m", str(checkpoint), "-o", str(tmp_path / "r")])
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "r" / "cases.png").is_file()
-    for extra, message in (([], "no --model"), (["-m", str(tmp_path / "nope")], "does not exist"),
+    for extra, message in ((["-m", str(tmp_path / "nope")], "does not exist"),
                            (["-m", str(checkpoint), "--split", "test"], "split"),
                            (["-m", str(checkpoint), "-o", str(tmp_path / "r")], "--overwrite")):
         failed = runner.invoke(app, [*args, *extra])

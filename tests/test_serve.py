@@ -304,10 +304,10 @@ def test_uploads_are_removed_on_shutdown(predictor, tmp_path):
     assert not app.state.store.root.exists()
 
 
-def test_serve_command_reports_user_errors():
+def test_serve_command_reports_user_errors(tmp_path):
     app = typer.Typer()
     app.command()(serve)
-    result = CliRunner().invoke(app, [])
-    assert result.exit_code == 2 and "no --model given" in result.output
+    result = CliRunner().invoke(app, ["--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "does not exist" in result.output
     result = CliRunner().invoke(app, ["--max-upload-mb", "0"])
     assert result.exit_code == 2 and "--max-upload-mb must be positive" in result.output

@@ -20,11 +20,12 @@ class CompressionConnector(nn.Module):
         self.proj1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
         self.norm1 = nn.LayerNorm([out_channels, size, size])
         self.proj2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=2, padding=1)
-        self.norm2 = nn.LayerNorm([out_channels, size // 2, size // 2])
+        half = (size + 1) // 2  # a stride-2, padding-1 conv rounds up
+        self.norm2 = nn.LayerNorm([out_channels, half, half])
         self.fc = nn.Conv2d(out_channels, out_channels, kernel_size=1)
 
     def forward(self, res5: torch.Tensor) -> torch.Tensor:
-        """res5 [B, C5, 2*size, 2*size] -> visual tokens [B, (size/2)^2, out_channels]."""
+        """res5 [B, C5, 2*size, 2*size] -> visual tokens [B, ceil(size/2)^2, out_channels]."""
         expected = self.norm1.normalized_shape[-1] * 2
         if res5.shape[-2:] != (expected, expected):
             raise ValueError(

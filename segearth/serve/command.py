@@ -15,7 +15,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
 def serve(
     model: Annotated[
         Path | None,
-        typer.Option("--model", "-m", help="Checkpoint folder (config.json, *.safetensors, tokenizer)."),
+        typer.Option("--model", "-m", help="Checkpoint folder (config.json, *.safetensors, tokenizer); default: the built-in segearth-nano."),
     ] = None,
     host: Annotated[
         str,

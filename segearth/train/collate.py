@@ -90,20 +90,23 @@ class Batch:
 class Collator:
     """``list[Example] -> Batch``: builds the prompts and pads them (picklable for workers)."""
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int = 2048) -> None:
+    def __init__(self, tokenizer: Tokenizer, max_length: int = 2048, task: Task | None = None) -> None:
+        """``task`` forces one template for every sample (a model trained with one, e.g. nano's
+        answer-free template, which a bidirectional LLM needs); None chooses per sample."""
         pad = getattr(tokenizer, "pad_token_id", None)
         if pad is None:
             raise ValueError("the tokenizer has no pad token; SegEarth-R1 tokenizers define [PAD]")
         self.tokenizer = tokenizer
         self.pad_id = int(pad)
         self.max_length = max_length  # official model_max_length, applied before splicing
+        self.task = task
 
     def __call__(self, examples: list[Example]) -> Batch:
         prompts = []
         for ex in examples:
-            prompts.append(
-                build_prompt(ex.question, self.tokenizer, prompt_task(ex.answer), answer=ex.answer, with_labels=True)
-            )
+            task = self.task or prompt_task(ex.answer)
+            answer = ex.answer if task == "reasoning" else None
+            prompts.append(build_prompt(ex.question, self.tokenizer, task, answer=answer, with_labels=True))
         ids = [p.input_ids[: self.max_length] for p in prompts]
         # Referring prompts carry no LM supervision (spec §4.4): their labels are ignored entirely.
         labels = [

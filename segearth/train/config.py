@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 DATASETS = ("earthreason", "rrsisd", "refsegrs", "landcover")
-PRESETS = ("small", "released")
+PRESETS = ("small", "nano", "released")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -30,13 +30,14 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Which network to train.
 
-    ``name``: ``small`` (tiny test architecture, random init, byte-level tokenizer), ``released``
+    ``name``: ``small`` (tiny test architecture, random init, byte-level tokenizer), ``nano``
+    (EfficientNet-Lite0 + MiniLM from their packages, heads random), ``released``
     (Swin-B + Phi-1.5 sizes, random init; needs ``tokenizer``) or a checkpoint folder written by
     ``save_pretrained`` / an official release (weights and tokenizer are read from it).
     """
 
     name: str = "small"
-    image_size: int | None = None  # only for ``small``: input side (multiple of 64); default 256
+    image_size: int | None = None  # ``small``/``nano``: input side (multiple of 64); default 256 / 384
     tokenizer: str | None = None  # tokenizer folder for ``released``
 
 
@@ -240,8 +241,8 @@ def validate(cfg: TrainConfig) -> None:
     m, d, o, lg = cfg.model, cfg.data, cfg.optim, cfg.log
     if m.name not in PRESETS and not Path(m.name).is_dir():
         raise ConfigError(f"model.name: {m.name!r} is neither a preset {PRESETS} nor an existing checkpoint folder")
-    if m.image_size is not None and (m.name != "small" or m.image_size <= 0 or m.image_size % 64):
-        raise ConfigError("model.image_size: only for the 'small' preset, and a positive multiple of 64")
+    if m.image_size is not None and (m.name not in ("small", "nano") or m.image_size <= 0 or m.image_size % 64):
+        raise ConfigError("model.image_size: only for the 'small' and 'nano' presets, and a positive multiple of 64")
     if m.name == "released" and (m.tokenizer is None or not Path(m.tokenizer).is_dir()):
         raise ConfigError(f"model.tokenizer: the 'released' preset needs a tokenizer folder, got {m.tokenizer!r}")
     if d.name not in DATASETS:

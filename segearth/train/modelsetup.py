@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_model_and_tokenizer, save_pretrained
-from ..config import released_config, small_config
+from ..config import nano_config, released_config, small_config
 from ..modeling.prompt import IGNORE_INDEX
 from ..modeling.segearth_r1 import SegEarthR1
 from ..tokenizer import byte_level_tokenizer, load_tokenizer
@@ -29,6 +29,10 @@ def build_model(cfg: ModelConfig, seed: int) -> tuple[SegEarthR1, object]:
     torch.manual_seed(seed)
     if cfg.name == "small":
         return SegEarthR1(small_config(cfg.image_size or 256)), byte_level_tokenizer()
+    if cfg.name == "nano":
+        from ..modeling.minilm import load_minilm_tokenizer
+
+        return SegEarthR1(nano_config(cfg.image_size or 384)), load_minilm_tokenizer()
     if cfg.name == "released":
         tokenizer = load_tokenizer(cfg.tokenizer or "")
         return SegEarthR1(released_config(vocab_size=len(tokenizer))), tokenizer
@@ -41,9 +45,14 @@ def _matches(name: str, prefixes: Sequence[str]) -> bool:
 
 
 def apply_freezing(model: SegEarthR1, cfg: FreezeConfig, lora: LoraConfig) -> None:
-    """Freeze parameters under ``cfg.prefixes``; with LoRA, also the Phi base weights (adapters train)."""
+    """Freeze parameters under ``cfg.prefixes``; with LoRA, also the Phi base weights (adapters train).
+
+    Parts whose weights come from an installed package (nano's MiniLM) are always frozen: checkpoints
+    do not store them, so training them would be silently lost.
+    """
+    packaged = model.packaged_keys()
     for name, param in model.named_parameters():
-        frozen = _matches(name, cfg.prefixes)
+        frozen = _matches(name, cfg.prefixes) or name in packaged
         if lora.enabled and name.startswith("llm.phi.") and "lora_" not in name:
             frozen = True
         param.requires_grad_(not frozen)
@@ -137,7 +146,7 @@ class TrainingModule(nn.Module):
         terms = mask_loss_terms(out.layer_mask_logits, masks, self.loss_cfg, num_masks=num_masks)
         lm = None
         seq_labels = out.sequence.labels
-        if seq_labels is not None:
+        if seq_labels is not None and hasattr(model.llm, "lm_head"):  # MiniLM has no LM head
             logits = model.llm.logits(out.hidden_states)
             if (seq_labels != IGNORE_INDEX).any():
                 lm = lm_loss(logits, seq_labels)

@@ -158,7 +158,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     order = BatchOrder(len(train_ds), o.batch_size, world, accelerator.process_index, o.seed,
                        start_step * o.grad_accum, total_steps * o.grad_accum)
     # A private generator: creating the iterator must not consume the global RNG that resume restores.
-    collator = Collator(tokenizer)
+    collator = Collator(tokenizer, task=model.cfg.prompt_task)
     loader = DataLoader(train_ds, batch_sampler=order, collate_fn=collator, num_workers=cfg.data.num_workers,
                         generator=torch.Generator(), pin_memory=accelerator.device.type == "cuda")
     result = TrainResult(out, total_steps)
