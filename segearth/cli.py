@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from .errors import USER_ERRORS, exit_with_user_error
 from .evaluate import eval_command
 from .serve.command import serve
 from .train.command import train
@@ -21,17 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
-
-
-def fail(exc: BaseException, debug: bool) -> None:
-    """Print a user error as one readable message (traceback only with --debug) and exit 2."""
-    if debug:
-        raise exc
-    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -55,8 +45,7 @@ def parity(
     try:
         results, missing = run_parity(fixture_dir, device=device)
     except USER_ERRORS as exc:
-        fail(exc, debug)
-        return
+        exit_with_user_error(exc, debug)
     table = Table(title=f"parity with {fixture_dir}", show_lines=False)
     for col in ("tensor", "shape", "max abs diff", "rule", "result"):
         table.add_column(col)
@@ -86,8 +75,7 @@ def check_checkpoint(
     try:
         model = load_pretrained(folder)
     except USER_ERRORS as exc:
-        fail(exc, debug)
-        return
+        exit_with_user_error(exc, debug)
     n = sum(p.numel() for p in model.parameters())
     console.print(f"[green]ok[/]: {folder} loaded, {n:,} parameters, image size {model.cfg.image_size}")
 
@@ -137,8 +125,7 @@ def predict(
             dtype=dtype, overwrite=overwrite, console=console,
         )
     except USER_ERRORS as exc:
-        fail(exc, debug)
-        return
+        exit_with_user_error(exc, debug)
     raise typer.Exit(code=code)
 
 

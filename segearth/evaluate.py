@@ -383,10 +383,10 @@ def eval_command(
       segearth eval -d rrsisd --data-root data/ --split test --first-question-only -m ckpt/
       segearth eval -d landcover --data-root ../shared/data --split val -m ckpt/ --protocol native
     """
-    from .cli import USER_ERRORS, console, fail
+    from .errors import USER_ERRORS, exit_with_user_error
 
     try:
         run_eval(dataset, split, data_root, model, out, protocol=protocol, first_question_only=first_question_only,
-                 limit=limit, task=task, device=device, dtype=dtype, overwrite=overwrite, console=console)
+                 limit=limit, task=task, device=device, dtype=dtype, overwrite=overwrite)
     except USER_ERRORS as exc:
-        fail(exc, debug)
+        exit_with_user_error(exc, debug)

@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+from ..errors import USER_ERRORS, exit_with_user_error
+
 
 
 def serve(
@@ -106,9 +107,6 @@ def serve(
         predictor, model_name = load_predictor(model, task, device, dtype)
         app = create_app(predictor, model_name, settings)
     except USER_ERRORS as exc:
-        if debug:
-            raise
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
+        exit_with_user_error(exc, debug)
     err.print(f"serving {escape(model_name)} on http://{host}:{port}/ (API docs at /docs)", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="debug" if debug else "info")

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+from ..errors import USER_ERRORS, exit_with_user_error
+
 
 
 def train(
@@ -35,9 +36,6 @@ def train(
     RNG and data-order state); logs to train_log.csv, eval_log.csv, tensorboard/ and
     val_predictions/*.png. A killed run continues exactly where it stopped with --resume.
     """
-    from rich.console import Console
-    from rich.markup import escape
-
     from .config import load_train_config
 
     try:
@@ -46,7 +44,4 @@ def train(
 
         run(cfg, resume=resume)
     except USER_ERRORS as exc:
-        if debug:
-            raise
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
+        exit_with_user_error(exc, debug)
