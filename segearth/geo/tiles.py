@@ -14,6 +14,7 @@ size, never by the raster size.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,12 +77,40 @@ def ramp_weight(height: int, width: int, ramp: int) -> np.ndarray:
     return axis(height)[:, None] * axis(width)[None, :]
 
 
+class _DiskGrid:
+    """A float32 ``(height, width)`` array in a file, read and written window by window.
+
+    Plain ``pread``/``pwrite`` rather than a memory map on purpose: written pages of a map stay
+    resident in the process (and in its RSS) until the OS needs the memory, so a mapped accumulator
+    for a 20 000² raster showed gigabytes of RSS. Written through the page cache, they do not.
+    """
+
+    def __init__(self, path: Path, height: int, width: int) -> None:
+        self.width = width
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(self._fd, height * width * 4)  # a sparse file of zeros
+
+    def read(self, row: int, col: int, h: int, w: int) -> np.ndarray:
+        out = np.empty((h, w), np.float32)
+        for i in range(h):
+            out[i] = np.frombuffer(os.pread(self._fd, w * 4, ((row + i) * self.width + col) * 4), np.float32)
+        return out
+
+    def write(self, row: int, col: int, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        for i in range(values.shape[0]):
+            os.pwrite(self._fd, values[i].tobytes(), ((row + i) * self.width + col) * 4)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 class LogitStitcher:
     """Blend overlapping per-tile logits (or probabilities) into one full-resolution map.
 
-    Weighted sums and weights live in two float32 ``numpy.memmap`` files in a temporary
-    directory, so memory use follows the tile size while the OS pages the accumulators to
-    disk. Use as a context manager (or call :meth:`close`) to delete the files.
+    Weighted sums and weights live in two float32 files in a temporary directory, read and
+    written one window at a time, so memory use follows the tile size, not the raster size.
+    Use as a context manager (or call :meth:`close`) to delete the files.
 
     >>> with LogitStitcher(width, height, ramp=overlap) as stitcher:  # doctest: +SKIP
     ...     for window in plan_tiles(width, height, 1024, overlap):
@@ -92,9 +121,8 @@ class LogitStitcher:
     def __init__(self, width: int, height: int, ramp: int = 0, workdir: str | Path | None = None) -> None:
         self.width, self.height, self.ramp = width, height, ramp
         self._tmp = tempfile.TemporaryDirectory(prefix="segearth-stitch-", dir=workdir)
-        shape = (height, width)
-        self._sum = np.memmap(Path(self._tmp.name) / "sum.f32", dtype=np.float32, mode="w+", shape=shape)
-        self._weight = np.memmap(Path(self._tmp.name) / "weight.f32", dtype=np.float32, mode="w+", shape=shape)
+        self._sum = _DiskGrid(Path(self._tmp.name) / "sum.f32", height, width)
+        self._weight = _DiskGrid(Path(self._tmp.name) / "weight.f32", height, width)
 
     def add(self, window: Window, values: np.ndarray) -> None:
         """Accumulate one tile's ``(h, w)`` float map at its window."""
@@ -105,22 +133,22 @@ class LogitStitcher:
         if row < 0 or col < 0 or row + h > self.height or col + w > self.width:
             raise ValueError(f"window {window} lies outside the {self.width}x{self.height} output")
         weight = ramp_weight(h, w, self.ramp)
-        self._sum[row : row + h, col : col + w] += values.astype(np.float32) * weight
-        self._weight[row : row + h, col : col + w] += weight
+        self._sum.write(row, col, self._sum.read(row, col, h, w) + values.astype(np.float32) * weight)
+        self._weight.write(row, col, self._weight.read(row, col, h, w) + weight)
 
     def blocks(self, block: int = 1024, fill: float = np.nan) -> Iterator[tuple[Window, np.ndarray]]:
         """Yield ``(window, blended values)`` blocks; pixels no tile covered get ``fill``."""
         for window in iter_blocks(self.width, self.height, block):
-            rows = slice(window.row_off, window.row_off + window.height)
-            cols = slice(window.col_off, window.col_off + window.width)
-            weight = np.asarray(self._weight[rows, cols])
+            at = (int(window.row_off), int(window.col_off), int(window.height), int(window.width))
+            weight = self._weight.read(*at)
             with np.errstate(invalid="ignore", divide="ignore"):
-                out = np.asarray(self._sum[rows, cols]) / weight
+                out = self._sum.read(*at) / weight
             yield window, np.where(weight > 0, out, np.float32(fill)).astype(np.float32)
 
     def close(self) -> None:
-        """Release the memory maps and delete their files."""
-        del self._sum, self._weight
+        """Close and delete the accumulator files."""
+        self._sum.close()
+        self._weight.close()
         self._tmp.cleanup()
 
     def __enter__(self) -> LogitStitcher:
