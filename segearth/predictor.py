@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .modeling.prompt import REFER_TOKEN, Task, build_prompt, splice_sequence
+from .modeling.prompt import REFER_TOKEN, Task, build_prompt, description_ids, splice_sequence
 from .modeling.segearth_r1 import ImageFeatures, SegEarthR1
 
 
@@ -82,7 +82,7 @@ class Predictor:
     def _check_question(self, question: str) -> list[int]:
         if not question or not question.strip():
             raise ValueError("the question is empty")
-        ids = build_prompt(question, self.tokenizer, self.task).refer_ids
+        ids = description_ids(question, self.tokenizer)  # the template was tokenised once, in __init__
         limit = self.max_question_tokens()
         if len(ids) > limit:
             raise ValueError(f"the question is {len(ids)} tokens long; this model's context allows at most {limit}")
