@@ -30,6 +30,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .geo.letterbox import Letterbox
+
 Protocol = Literal["paper", "native"]
 PROTOCOLS: tuple[str, ...] = ("paper", "native")
 PRECISION_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -47,29 +49,6 @@ class SampleScore:
     iou: float
     intersection: int
     union: int
-
-
-@dataclass(frozen=True)
-class LetterboxGeometry:
-    """Where an ``h × w`` image lands on the ``size × size`` canvas (official ``preprocess_image``)."""
-
-    size: int
-    new_h: int
-    new_w: int
-    top: int
-    left: int
-
-    @classmethod
-    def fit(cls, h: int, w: int, size: int = PAPER_SIZE) -> LetterboxGeometry:
-        """Longest side becomes ``size``; the other is truncated (``int``), then centred padding."""
-        if h <= 0 or w <= 0:
-            raise ValueError(f"image size must be positive, got {h}×{w}")
-        # Same float expression and int() truncation as the official code, so sizes agree exactly.
-        if w > h:
-            new_w, new_h = size, int(h * size / w)
-        else:
-            new_h, new_w = size, int(w * size / h)
-        return cls(size=size, new_h=new_h, new_w=new_w, top=(size - new_h) // 2, left=(size - new_w) // 2)
 
 
 def nearest_indices(src_len: int, dst_len: int) -> np.ndarray:
@@ -94,7 +73,7 @@ def letterbox_mask(mask: np.ndarray, size: int = PAPER_SIZE) -> np.ndarray:
     """Letterbox a target ``[H, W]`` onto a zero ``[size, size]`` canvas like the official GT path."""
     if mask.ndim != 2:
         raise ValueError(f"letterbox_mask expects a [H, W] mask, got shape {mask.shape}")
-    geo = LetterboxGeometry.fit(*mask.shape, size=size)
+    geo = Letterbox.fit(*mask.shape, size)
     canvas = np.zeros((size, size), dtype=mask.dtype)
     canvas[geo.top : geo.top + geo.new_h, geo.left : geo.left + geo.new_w] = resize_nearest(mask, geo.new_h, geo.new_w)
     return canvas

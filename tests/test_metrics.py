@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from segearth.geo.letterbox import Letterbox
 from segearth.metrics import (
-    LetterboxGeometry,
     SampleScore,
     SegmentationMeter,
     letterbox_mask,
@@ -112,7 +112,7 @@ def test_empty_summary_is_nan() -> None:
     ],
 )
 def test_letterbox_geometry(hw: tuple[int, int], expected: tuple[int, int, int, int]) -> None:
-    geo = LetterboxGeometry.fit(*hw)
+    geo = Letterbox.fit(*hw, 1024)
     assert (geo.new_h, geo.new_w, geo.top, geo.left) == expected
 
 

@@ -44,6 +44,12 @@ class Letterbox:
     top: int
     left: int
 
+    @classmethod
+    def fit(cls, in_h: int, in_w: int, size: int) -> Letterbox:
+        """The placement of an ``in_h × in_w`` image: long side to ``size``, centred (spec §1.1)."""
+        new_h, new_w = fit_long_side(in_h, in_w, size)
+        return cls(size, in_h, in_w, new_h, new_w, (size - new_h) // 2, (size - new_w) // 2)
+
     @property
     def scale(self) -> float:
         """Canvas pixels per input pixel (along the longest side)."""
@@ -90,15 +96,14 @@ def letterbox(image: np.ndarray, size: int = 1024) -> tuple[np.ndarray, Letterbo
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    in_h, in_w = image.shape[:2]
-    new_h, new_w = fit_long_side(in_h, in_w, size)
-    if (new_h, new_w) == (in_h, in_w):
+    box = Letterbox.fit(*image.shape[:2], size)
+    new_h, new_w, top, left = box.new_h, box.new_w, box.top, box.left
+    if (new_h, new_w) == image.shape[:2]:
         resized = image
     else:
         chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(torch.float32)
         out = F.interpolate(chw, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)
         resized = out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-    top, left = (size - new_h) // 2, (size - new_w) // 2
     canvas = np.zeros((size, size, 3), dtype=np.uint8)
     canvas[top : top + new_h, left : left + new_w] = resized
-    return canvas, Letterbox(size, in_h, in_w, new_h, new_w, top, left)
+    return canvas, box

@@ -53,6 +53,8 @@ class DataConfig:
     max_val_samples: int | None = 64  # validation is a progress signal; use `segearth eval` for scores
     first_question_only: bool = True  # official: EarthReason questions[0], RRSIS-D sentences[0]
     cache: bool = False  # keep letterboxed uint8 images/masks in RAM (small datasets / small sizes)
+    augment: bool = False  # random crops (scale), 90° turns, flips, light; land cover only (segearth.train.augment)
+    augment_min_crop: float = 0.5  # smallest crop side as a share of the scene's short side
     num_workers: int = 0
 
 
@@ -251,6 +253,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("data.root: no data path given (set data.root in the YAML or data.root=... )")
     if not Path(d.root).is_dir():
         raise ConfigError(f"data.root: data path {d.root} does not exist")
+    if d.augment and d.name != "landcover":
+        raise ConfigError(f"data.augment: only for the land-cover set; crops and flips change what {d.name} "
+                          "expressions and answers refer to (\"the car on the left\")")
+    if not 0 < d.augment_min_crop <= 1:
+        raise ConfigError(f"data.augment_min_crop: must be in (0, 1], got {d.augment_min_crop}")
     if o.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(f"optim.mixed_precision: {o.mixed_precision!r} is not one of {MIXED_PRECISION}")
     positive = {"optim.batch_size": o.batch_size, "optim.grad_accum": o.grad_accum, "log.log_every": lg.log_every,

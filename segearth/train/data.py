@@ -2,7 +2,9 @@
 
 The order is a pure function of ``(seed, epoch)``: epoch ``e`` visits ``randperm(n, seed + e)`` in
 global batches of ``batch_size x world_size`` samples (the incomplete tail is dropped, as the
-official run does), and process ``r`` takes slice ``r`` of each global batch. So a run resumed at
+official run does), and process ``r`` takes slice ``r`` of each global batch. With ``with_epoch`` the sampler yields
+``(index, epoch)`` pairs instead of indices, for datasets that re-draw a sample on every visit
+(:class:`~segearth.train.augment.AugmentedDataset`). So a run resumed at
 micro-batch ``m`` sees exactly the batches an uninterrupted run would, with any number of workers,
 and the data-order state in a checkpoint is just ``m`` (with its epoch and position, for people).
 """
@@ -84,9 +86,11 @@ class BatchOrder:
     """Batch sampler over micro-batches ``start .. stop-1`` of the seeded, sharded sequence."""
 
     def __init__(
-        self, num_samples: int, batch_size: int, world_size: int, rank: int, seed: int, start: int, stop: int
+        self, num_samples: int, batch_size: int, world_size: int, rank: int, seed: int, start: int, stop: int,
+        with_epoch: bool = False,
     ) -> None:
         self.n, self.batch_size, self.world, self.rank, self.seed = num_samples, batch_size, world_size, rank, seed
+        self.with_epoch = with_epoch
         self.per_epoch = num_samples // (batch_size * world_size)
         if self.per_epoch == 0:
             raise ValueError(
@@ -105,11 +109,12 @@ class BatchOrder:
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int] | list[tuple[int, int]]]:
         perm, perm_epoch = None, -1
         for micro in range(self.start, self.stop):
             where = self.locate(micro)
             if where.epoch != perm_epoch:
                 perm, perm_epoch = self.permutation(where.epoch), where.epoch
             begin = (where.position * self.world + self.rank) * self.batch_size
-            yield perm[begin : begin + self.batch_size].tolist()
+            indices = perm[begin : begin + self.batch_size].tolist()
+            yield [(i, where.epoch) for i in indices] if self.with_epoch else indices

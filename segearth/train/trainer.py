@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
 from ..modeling.segearth_r1 import SegEarthR1
+from .augment import AugmentedDataset
 from .checkpointing import (
     ACCELERATE_DIR,
     clean_staging,
@@ -124,8 +125,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     module, tokenizer = _prepare_model(cfg)
     model: SegEarthR1 = module.model
     size = model.cfg.image_size
-    train_ds = LetterboxedDataset(build_samples(cfg.data, cfg.data.train_split, cfg.data.max_train_samples),
-                                  size, cfg.data.cache)
+    train_samples = build_samples(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
+    train_ds: LetterboxedDataset | AugmentedDataset = (
+        AugmentedDataset(train_samples, size, o.seed, cfg.data.augment_min_crop) if cfg.data.augment
+        else LetterboxedDataset(train_samples, size, cfg.data.cache))
     val_ds = None
     if cfg.data.val_split:
         val_ds = LetterboxedDataset(build_samples(cfg.data, cfg.data.val_split, cfg.data.max_val_samples),
@@ -156,7 +159,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                  f"trainable parameters {sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
 
     order = BatchOrder(len(train_ds), o.batch_size, world, accelerator.process_index, o.seed,
-                       start_step * o.grad_accum, total_steps * o.grad_accum)
+                       start_step * o.grad_accum, total_steps * o.grad_accum, with_epoch=cfg.data.augment)
     # A private generator: creating the iterator must not consume the global RNG that resume restores.
     collator = Collator(tokenizer, task=model.cfg.prompt_task)
     loader = DataLoader(train_ds, batch_sampler=order, collate_fn=collator, num_workers=cfg.data.num_workers,
