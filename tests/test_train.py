@@ -284,7 +284,7 @@ def test_two_process_cpu_ddp(tmp_path):
 def test_nano_learns_landcover_in_minutes(tmp_path):
     """A few CPU minutes of the official losses on the land-cover train split (nano, frozen
     EfficientNet and MiniLM, heads from scratch: the recipe of the built-in model, 240 steps instead of
-    1 200) beat predicting everything and predicting nothing on val gIoU (paper protocol, 384² canvas).
+    1 500) beat predicting everything and predicting nothing on val gIoU (paper protocol, 384² canvas).
 
     The tiny ``small`` preset cannot do this in minutes: its random Swin has no visual features to
     start from, so it only learns the class prior (empty masks).
