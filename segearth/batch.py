@@ -167,7 +167,7 @@ def _summary(report: BatchReport, console: Console) -> None:
         for r in result.results:  # type: ignore[attr-defined]
             table.add_row(job.image.name, r.question, str(r.polygons), f"{100 * r.target_fraction:.1f}", str(r.mask))
         for notice in result.notices:  # type: ignore[attr-defined]
-            console.print(f"[yellow]note[/] {job.image.name}: {notice}", highlight=False, soft_wrap=True)
+            console.print(f"[yellow]note[/] {notice}", highlight=False, soft_wrap=True)  # notices name their file
     console.print(table)
     if report.failed:
         console.print(f"[bold red]{len(report.failed)} item(s) failed[/]; {len(report.done)} succeeded", highlight=False)

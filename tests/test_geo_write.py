@@ -169,6 +169,10 @@ def test_pixel_coordinates_without_georeference(tmp_path: Path) -> None:
     doc = json.loads(write_geojson(tmp_path / "p.geojson", [polygon], None).read_text())
     assert "pixel" in doc["segearth:coordinates"]
     write_mask_geotiff(tmp_path / "m.tif", mask, info)
+    with warnings.catch_warnings(record=True) as caught:  # the reader's notice already says "no CRS"
+        warnings.simplefilter("always")
+        write_gpkg(tmp_path / "p.gpkg", [polygon], None)
+    assert not [w for w in caught if "crs" in str(w.message).lower()], [str(w.message) for w in caught]
 
 
 def test_preview_png(tmp_path: Path) -> None:

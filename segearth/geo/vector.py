@@ -20,6 +20,7 @@ given.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,8 +182,11 @@ def write_gpkg(
         path.unlink()  # GPKG is a database: writing into an old file would keep its other layers
     names, arrays = _columns(polygons)
     geometry = np.array([shapely.to_wkb(p.geometry) for p in polygons], dtype=object)
-    write(
-        path, geometry, arrays, fields=names, layer=layer, driver="GPKG", geometry_type="Polygon",
-        crs=crs.to_wkt() if crs is not None else None,
-    )
+    with warnings.catch_warnings():
+        # Pixel-coordinate outputs of a raster without CRS: the reader already told the user once.
+        warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
+        write(
+            path, geometry, arrays, fields=names, layer=layer, driver="GPKG", geometry_type="Polygon",
+            crs=crs.to_wkt() if crs is not None else None,
+        )
     return path
