@@ -2,11 +2,11 @@
 
 The order is a pure function of ``(seed, epoch)``: epoch ``e`` visits ``randperm(n, seed + e)`` in
 global batches of ``batch_size x world_size`` samples (the incomplete tail is dropped, as the
-official run does), and process ``r`` takes slice ``r`` of each global batch. With ``with_epoch`` the sampler yields
-``(index, epoch)`` pairs instead of indices, for datasets that re-draw a sample on every visit
-(:class:`~segearth.train.augment.AugmentedDataset`). So a run resumed at
+official run does), and process ``r`` takes slice ``r`` of each global batch. So a run resumed at
 micro-batch ``m`` sees exactly the batches an uninterrupted run would, with any number of workers,
 and the data-order state in a checkpoint is just ``m`` (with its epoch and position, for people).
+With ``with_epoch`` the sampler yields ``(index, epoch)`` pairs instead of indices, for datasets that
+re-draw a sample on every visit (:class:`~segearth.train.augment.AugmentedDataset`).
 """
 
 from __future__ import annotations
