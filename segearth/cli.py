@@ -23,7 +23,6 @@ app = typer.Typer(
 console = Console()
 
 
-
 @app.command()
 def parity(
     fixture_dir: Path = typer.Argument(..., help="Folder with config.json, weights.safetensors and io.safetensors "
@@ -78,8 +77,6 @@ def check_checkpoint(
         exit_with_user_error(exc, debug)
     n = sum(p.numel() for p in model.parameters())
     console.print(f"[green]ok[/]: {folder} loaded, {n:,} parameters, image size {model.cfg.image_size}")
-
-
 
 
 @app.command()

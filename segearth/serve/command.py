@@ -12,7 +12,6 @@ from rich.markup import escape
 from ..errors import USER_ERRORS, exit_with_user_error
 
 
-
 def serve(
     model: Annotated[
         Path | None,

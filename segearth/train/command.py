@@ -10,7 +10,6 @@ import typer
 from ..errors import USER_ERRORS, exit_with_user_error
 
 
-
 def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="Training YAML (see configs/train/).")],
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in "
