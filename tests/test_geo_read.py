@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from segearth.geo.read import (
+    DEFAULT_MAX_PIXELS,
     RasterInputError,
     compute_stretch,
     letterbox,
@@ -248,3 +250,28 @@ def test_letterbox_unletterbox_round_trip() -> None:
     logits = torch.randn(64, 64)  # the decoder's raw resolution, upsampled to the canvas first
     out = box.unletterbox(logits, 30, 40)
     assert isinstance(out, torch.Tensor) and out.shape == (30, 40)
+
+
+def test_pixel_limit_refuses_from_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "huge.tif"
+    start = time.perf_counter()
+    with rasterio.open(  # 10 gigapixels declared, one 4x4 corner written: a ~0.5 MB sparse file
+        path, "w", driver="GTiff", width=100_000, height=100_000, count=1, dtype="uint8", crs="EPSG:32631",
+        transform=from_origin(500000, 5700000, 1, 1), tiled=True, blockxsize=512, blockysize=512,
+        compress="deflate", sparse_ok=True, BIGTIFF="YES",
+    ) as dst:
+        dst.write(np.ones((1, 4, 4), np.uint8), window=Window(0, 0, 4, 4))
+    assert path.stat().st_size < 2**20 and time.perf_counter() - start < 1.5
+    assert DEFAULT_MAX_PIXELS < 100_000 * 100_000
+
+    start = time.perf_counter()
+    with pytest.raises(RasterInputError) as err:
+        open_raster(path)
+    assert time.perf_counter() - start < 2.0
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "100000x100000" in message and "--max-pixels" in message
+    info = open_raster(path, max_pixels=None)
+    assert (info.width, info.height, info.name, info.path) == (100_000, 100_000, "huge.tif", path)
+    assert open_raster(path, max_pixels=10**10).pixels == 10**10  # the limit itself is allowed
+    with pytest.raises(RasterInputError, match="above the limit of 1,000 pixels"):
+        open_raster(make_raster(tmp_path / "small.tif", np.zeros((1, 40, 40), np.uint8)), max_pixels=1000)

@@ -20,9 +20,8 @@ from shapely.geometry import box, shape
 from segearth.geo.read import open_raster, read_overview, read_valid_mask
 from segearth.geo.tiles import iter_blocks, upsample_blocks
 from segearth.geo.write import (
+    OVERLAY_RGB,
     mask_to_polygons,
-    output_stem,
-    refuse_overwrite,
     write_geojson,
     write_gpkg,
     write_mask_geotiff,
@@ -57,26 +56,47 @@ def test_mask_geotiff_round_trips_crs_and_transform(tmp_path: Path, name: str) -
     low = np.where(scene.image[..., 0] > 100, 4.0, -4.0).astype(np.float32)
     blocks = ((w, v > 0) for w, v in upsample_blocks(low, info.width, info.height, 300))
     out = write_mask_geotiff(tmp_path / "mask.tif", blocks, info, valid=lambda w: read_valid_mask(src, w),
-                             tags={"question": "bright?"})
+                             tags={"question": "bright?", "model": "m"})
     valid = read_valid_mask(src)
     with rasterio.open(out) as dst:
         assert dst.crs == info.crs and dst.transform == info.transform
         assert (dst.width, dst.height, dst.dtypes[0]) == (info.width, info.height, "uint8")
-        assert dst.block_shapes[0] == (256, 256) and dst.compression.value == "DEFLATE"
+        assert_cog(dst)
         mask = dst.read(1)
         assert set(np.unique(mask)) <= {0, 255} and (mask == 255).any()
         assert not mask[~valid].any()  # nodata never inside the mask
-        assert np.array_equal(dst.dataset_mask() > 0, valid)  # and flagged as nodata
-        assert dst.tags()["question"] == "bright?"
+        assert np.array_equal(dst.read_masks(1) > 0, valid)  # and flagged as nodata
+        assert dst.tags()["question"] == "bright?" and dst.tags()["model"] == "m"
+        assert dst.descriptions == ("mask: bright?",)
+        cmap = dst.colormap(1)
+        assert cmap[255] == (*OVERLAY_RGB, 255) and cmap[0][:3] == (0, 0, 0)
+        # The mask band has overviews too: at half resolution nodata is still flagged.
+        level = dst.overviews(1)[0]
+        small = dst.read_masks(1, out_shape=(dst.height // level, dst.width // level)) > 0
+        coarse = valid[:: level, :: level][: small.shape[0], : small.shape[1]]
+        assert (small == coarse).mean() > 0.97
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif"]  # no staging or temporary left
+
+
+def assert_cog(dst: rasterio.io.DatasetReader) -> None:
+    """The layout a Cloud Optimized GeoTIFF must have (rasterio >= 1.4 has no validator)."""
+    assert dst.driver == "GTiff" and dst.profile["tiled"] and dst.block_shapes[0] == (512, 512)
+    assert dst.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"  # GDAL reports what the COG driver wrote
+    assert dst.compression.value == "DEFLATE"
+    if max(dst.width, dst.height) > 512:
+        assert dst.overviews(1), "a COG larger than one tile needs overviews"
 
 
 def test_probability_geotiff_nan_nodata_and_overwrite(tmp_path: Path) -> None:
     src = synthetic(tmp_path)
     info = open_raster(src)
     probs = np.random.default_rng(0).random((60, 80)).astype(np.float32)
-    path = write_mask_geotiff(tmp_path / "p.tif", probs, info, probabilities=True, valid=read_valid_mask(src))
+    path = write_mask_geotiff(tmp_path / "p.tif", probs, info, probabilities=True, valid=read_valid_mask(src),
+                              tags={"question": "how likely?"})
     with rasterio.open(path) as dst:
         assert dst.dtypes[0] == "float32" and np.isnan(dst.nodata)
+        assert dst.descriptions == ("probability: how likely?",) and dst.tags()["question"] == "how likely?"
+        assert dst.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "3"
         back = dst.read(1)
     assert np.isnan(back[:, 60:]).all() and np.array_equal(back[:, :60], probs[:, :60])
     with pytest.raises(FileExistsError, match="p.tif already exists"):
@@ -111,8 +131,8 @@ def test_polygons_in_crs_coordinates_with_properties(tmp_path: Path) -> None:
     assert box(*info.bounds).contains(polygon.geometry)
     props = polygon.properties
     assert props["question"] == "Where is it?" and props["model"] == "tiny"
-    assert props["area"] == pytest.approx(784.0) and props["area_units"] == "metre^2"
     assert props["area_m2"] == pytest.approx(784.0, rel=1e-3)
+    assert set(props) == {"question", "model", "area_m2", "mean_probability"}
     assert props["mean_probability"] == pytest.approx(0.75)
     simplified = mask_to_polygons(mask, info.transform, info.crs, simplify_tolerance=5.0)
     assert len(simplified) == 2 and all(p.geometry.is_valid for p in simplified)
@@ -125,7 +145,7 @@ def test_geographic_areas_and_geojson_wgs84(tmp_path: Path) -> None:
     mask = np.zeros((info.height, info.width), bool)
     mask[100:300, 200:260] = True
     polygons = mask_to_polygons(mask, info.transform, info.crs, properties={"question": "q"})
-    assert polygons[0].properties["area"] == pytest.approx(200 * 60 * 0.25)
+    assert polygons[0].properties["area_m2"] == pytest.approx(200 * 60 * 0.25, rel=2e-3)
     path = write_geojson(tmp_path / "p.geojson", polygons, info.crs)
     doc = json.loads(path.read_text())
     assert "crs" not in doc and doc["features"][0]["properties"]["question"] == "q"
@@ -140,7 +160,7 @@ def test_geographic_areas_and_geojson_wgs84(tmp_path: Path) -> None:
     gmask = np.zeros((ginfo.height, ginfo.width), bool)
     gmask[500:600, 700:800] = True
     (gpoly,) = mask_to_polygons(gmask, ginfo.transform, ginfo.crs)
-    assert gpoly.properties["area_units"] == "degree^2"
+    assert set(gpoly.properties) == {"area_m2"}  # never an area in degree²
     # ~0.00032244 x 0.00032242 degrees at 41.9 N: about 26.7 m x 35.8 m per pixel.
     assert gpoly.properties["area_m2"] == pytest.approx(1e4 * 26.7 * 35.8, rel=0.02)
 
@@ -165,7 +185,7 @@ def test_pixel_coordinates_without_georeference(tmp_path: Path) -> None:
     mask = np.zeros((60, 80), bool)
     mask[1:3, 2:5] = True
     (polygon,) = mask_to_polygons(mask, info.transform, info.crs)
-    assert polygon.geometry.bounds == (2, 1, 5, 3) and "area_m2" not in polygon.properties
+    assert polygon.geometry.bounds == (2, 1, 5, 3) and polygon.properties == {"area_px": 6.0}
     doc = json.loads(write_geojson(tmp_path / "p.geojson", [polygon], None).read_text())
     assert "pixel" in doc["segearth:coordinates"]
     write_mask_geotiff(tmp_path / "m.tif", mask, info)
@@ -186,18 +206,6 @@ def test_preview_png(tmp_path: Path) -> None:
     assert (pixels[40, 40] != 90).any() and (pixels[100, 140] == 90).all()
     with pytest.raises(FileExistsError):
         write_preview_png(path, image, mask, "again")
-
-
-def test_output_stem_and_refuse_overwrite(tmp_path: Path) -> None:
-    a = output_stem("/data/My Scene (2019).tif", "Where are the flooded roads, near the école?")
-    b = output_stem("/data/My Scene (2019).tif", "Where are the flooded roads, near the ecole?")
-    assert a != b and len(a) <= 60 and a.isascii() and a.startswith("my-scene-2019_where-are")
-    assert all(c.isalnum() or c in "-_" for c in a)
-    assert len(output_stem("x.tif", "q" * 500)) <= 60 and output_stem("x.tif", "水はどこ？").startswith("x_q_")
-    (tmp_path / "exists.tif").write_bytes(b"")
-    with pytest.raises(FileExistsError, match="exists.tif"):
-        refuse_overwrite([tmp_path / "new.tif", tmp_path / "exists.tif"], overwrite=False)
-    refuse_overwrite([tmp_path / "exists.tif"], overwrite=True)
 
 
 def test_window_shape_mismatch_is_rejected(tmp_path: Path) -> None:

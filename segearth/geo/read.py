@@ -11,6 +11,18 @@ CRS, and plain JPEG/PNG (no CRS: outputs then use pixel coordinates). The steps 
    (one full-resolution tile) apply that same stretch, so tiles look alike.
 
 Every problem with the user's file surfaces as :class:`RasterInputError` naming the file.
+
+Sources are local paths or anything GDAL opens itself, passed to rasterio untouched:
+``https://`` / ``http://`` URLs, ``s3://``, ``zip://``, ``/vsicurl/...``, ``/vsizip/...``.
+Reads of a remote Cloud Optimized GeoTIFF fetch only the byte ranges they need (the header,
+the overview or the tiles of a window). Recommended GDAL settings for remote rasters, set
+in the environment or with ``rasterio.Env``: ``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR`` (no
+listing of the remote folder on open) and ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS=.tif,.tiff``
+(no probing for side files); credentials come from GDAL's usual variables (``AWS_*``,
+``GDAL_HTTP_HEADERS``...).
+
+:func:`open_raster` refuses rasters above ``max_pixels`` (:data:`DEFAULT_MAX_PIXELS`) from
+the header alone, before anything slow happens.
 """
 
 from __future__ import annotations
@@ -32,13 +44,18 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from segearth.geo.letterbox import Letterbox, fit_long_side, letterbox  # re-exported: preprocessing API
+from segearth.geo.paths import as_source, describe_source, is_remote, source_name
 
 __all__ = [
-    "Letterbox", "RasterInfo", "RasterInputError", "SceneImage", "Stretch", "compute_stretch",
-    "letterbox", "open_raster", "read_overview", "read_valid_mask", "read_window", "select_bands",
+    "DEFAULT_MAX_PIXELS", "Letterbox", "RasterInfo", "RasterInputError", "SceneImage", "Stretch",
+    "compute_stretch", "is_remote", "letterbox", "open_raster", "read_overview", "read_valid_mask",
+    "read_window", "select_bands", "source_name",
 ]
 
 STATS_SIZE = 1024  # long side of the decimated read used for the stretch statistics
+# 1.5 gigapixels (~39k x 39k): a full-resolution uint8 mask of that is 1.5 GB before
+# compression and tile mode runs thousands of windows; larger needs a deliberate opt-in.
+DEFAULT_MAX_PIXELS = 1_500_000_000
 
 
 class RasterInputError(ValueError):
@@ -47,9 +64,13 @@ class RasterInputError(ValueError):
 
 @dataclass(frozen=True)
 class RasterInfo:
-    """What we need to know about an input raster, read from its header only."""
+    """What we need to know about an input raster, read from its header only.
 
-    path: Path
+    ``path`` is a ``Path`` for a local file and the original string for a remote source
+    (URL or ``/vsi`` path, where ``Path`` would mangle ``//``); use ``name`` in messages.
+    """
+
+    path: Path | str
     width: int
     height: int
     count: int
@@ -59,6 +80,15 @@ class RasterInfo:
     nodata: float | None
     bounds: BoundingBox
     has_georeference: bool
+
+    @property
+    def name(self) -> str:
+        """The file-name part of the source (``x.tif`` of ``/data/x.tif`` or ``https://h/x.tif``)."""
+        return source_name(self.path)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
 
 
 @dataclass(frozen=True)
@@ -97,39 +127,44 @@ class SceneImage:
 
 
 @contextmanager
-def _dataset(path: str | Path) -> Iterator[DatasetReader]:
-    """Open ``path`` and turn every GDAL/rasterio failure into a :class:`RasterInputError`."""
-    path = Path(path)
-    if not path.exists():
-        raise RasterInputError(f"{path}: file not found")
-    if path.is_dir():
-        raise RasterInputError(f"{path}: is a directory, not a raster file")
-    if path.stat().st_size == 0:
-        raise RasterInputError(f"{path}: file is empty (0 bytes)")
+def _dataset(source: str | Path) -> Iterator[DatasetReader]:
+    """Open ``source`` and turn every GDAL/rasterio failure into a :class:`RasterInputError`."""
+    src = as_source(source)
+    where = describe_source(src)
+    if isinstance(src, Path):
+        if not src.exists():
+            raise RasterInputError(f"{where}: file not found")
+        if src.is_dir():
+            raise RasterInputError(f"{where}: is a directory, not a raster file")
+        if src.stat().st_size == 0:
+            raise RasterInputError(f"{where}: file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # JPEG/PNG: reported as a notice
-            dataset = rasterio.open(path)
+            dataset = rasterio.open(src)
     except RasterioError as exc:
-        raise RasterInputError(f"{path}: not a readable raster ({_gdal_message(exc)})") from None
+        what = "cannot open the remote raster" if is_remote(src) else "not a readable raster"
+        raise RasterInputError(f"{where}: {what} ({_gdal_message(exc)})") from None
     try:
         with dataset:
             yield dataset
     except RasterioError as exc:
-        raise RasterInputError(
-            f"{path}: reading pixels failed, the file looks truncated or corrupt ({_gdal_message(exc)})"
-        ) from None
+        what = ("the transfer failed or the data is corrupt" if is_remote(src)
+                else "the file looks truncated or corrupt")
+        raise RasterInputError(f"{where}: reading pixels failed, {what} ({_gdal_message(exc)})") from None
 
 
 def _gdal_message(exc: BaseException) -> str:
     # rasterio often raises "Read failed. See previous exception" with GDAL's reason as the cause.
     cause = exc.__cause__ or exc.__context__
-    return f"{exc}: {cause}" if cause is not None else str(exc)
+    return f"{exc}: {cause}" if cause is not None and str(cause) not in str(exc) else str(exc)
 
 
-def _info(ds: DatasetReader, path: Path) -> RasterInfo:
+def _info(ds: DatasetReader, path: Path | str) -> RasterInfo:
     if ds.width == 0 or ds.height == 0 or ds.count == 0:
-        raise RasterInputError(f"{path}: zero-size raster ({ds.width}x{ds.height}, {ds.count} bands)")
+        raise RasterInputError(
+            f"{describe_source(path)}: zero-size raster ({ds.width}x{ds.height}, {ds.count} bands)"
+        )
     georeferenced = ds.crs is not None or not ds.transform.is_identity
     return RasterInfo(
         path=path, width=ds.width, height=ds.height, count=ds.count, dtypes=tuple(ds.dtypes),
@@ -138,10 +173,21 @@ def _info(ds: DatasetReader, path: Path) -> RasterInfo:
     )
 
 
-def open_raster(path: str | Path) -> RasterInfo:
-    """Read a raster's header; raises :class:`RasterInputError` for missing/unreadable/empty files."""
-    with _dataset(path) as ds:
-        return _info(ds, Path(path))
+def open_raster(source: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> RasterInfo:
+    """Read a raster's header; raises :class:`RasterInputError` for missing/unreadable/empty files.
+
+    A raster of more than ``max_pixels`` pixels (width × height; ``None``: no limit) is
+    refused from its header alone, with the limit to raise in the message.
+    """
+    src = as_source(source)
+    with _dataset(src) as ds:
+        info = _info(ds, src)
+    if max_pixels is not None and info.pixels > max_pixels:
+        raise RasterInputError(
+            f"{describe_source(src)}: {info.width}x{info.height} pixels ({info.pixels / 1e9:.3g} gigapixels) is "
+            f"above the limit of {max_pixels:,} pixels; raise it with --max-pixels {info.pixels} (max_pixels=)"
+        )
+    return info
 
 
 def select_bands(info: RasterInfo, bands: Sequence[int] | None = None) -> tuple[tuple[int, int, int], list[str]]:
@@ -152,31 +198,32 @@ def select_bands(info: RasterInfo, bands: Sequence[int] | None = None) -> tuple[
     Complex (SAR) bands are refused: they are not optical imagery.
     """
     notices: list[str] = []
+    where = describe_source(info.path)
     if bands is None:
         if info.count >= 3:
             chosen = (1, 2, 3)
             if info.count > 3:
-                notices.append(f"{info.path.name}: {info.count} bands, using bands 1,2,3 as RGB (choose with bands=)")
+                notices.append(f"{info.name}: {info.count} bands, using bands 1,2,3 as RGB (choose with bands=)")
         else:
             chosen = (1, 1, 1)
             extra = " (band 2 ignored)" if info.count == 2 else ""
-            notices.append(f"{info.path.name}: {info.count}-band raster, band 1 replicated to grey RGB{extra}")
+            notices.append(f"{info.name}: {info.count}-band raster, band 1 replicated to grey RGB{extra}")
     else:
         requested = [int(b) for b in bands]
         bad = [b for b in requested if not 1 <= b <= info.count]
         if bad:
-            raise RasterInputError(f"{info.path}: unknown band index {bad} (the raster has bands 1..{info.count})")
+            raise RasterInputError(f"{where}: unknown band index {bad} (the raster has bands 1..{info.count})")
         if len(requested) == 1:
             chosen = (requested[0],) * 3
-            notices.append(f"{info.path.name}: band {requested[0]} replicated to grey RGB")
+            notices.append(f"{info.name}: band {requested[0]} replicated to grey RGB")
         elif len(requested) == 3:
             chosen = (requested[0], requested[1], requested[2])
         else:
-            raise RasterInputError(f"{info.path}: give 1 or 3 bands, got {requested}")
+            raise RasterInputError(f"{where}: give 1 or 3 bands, got {requested}")
     for band in sorted(set(chosen)):
         if np.dtype(info.dtypes[band - 1]).kind == "c":
             raise RasterInputError(
-                f"{info.path}: band {band} is {info.dtypes[band - 1]} (complex SAR data), not optical imagery; "
+                f"{where}: band {band} is {info.dtypes[band - 1]} (complex SAR data), not optical imagery; "
                 "convert it to amplitude or intensity (e.g. dB) first"
             )
     return chosen, notices
@@ -222,7 +269,7 @@ def compute_stretch(
     values to 0..255. Percentiles are per band over valid pixels (nodata, dataset masks and
     NaN/inf excluded). Raises :class:`RasterInputError` when no valid pixel is found.
     """
-    path = Path(path)
+    path = as_source(path)
     with _dataset(path) as ds:
         info = _info(ds, path)
         chosen, notices = select_bands(info, bands)
@@ -232,7 +279,9 @@ def compute_stretch(
         # Nearest keeps the statistics on real pixel values, never blends data with nodata.
         data, valid, band_valid = _read(ds, chosen, None, out_shape, Resampling.nearest)
     if not valid.any():
-        raise RasterInputError(f"{path}: raster holds no valid data (every pixel is nodata or masked)")
+        raise RasterInputError(
+            f"{describe_source(path)}: raster holds no valid data (every pixel is nodata or masked)"
+        )
     is_uint8 = all(info.dtypes[b - 1] == "uint8" for b in chosen)
     if stretch is False or (stretch is None and is_uint8):
         return Stretch(chosen, None, None, tuple(notices))
@@ -243,7 +292,7 @@ def compute_stretch(
         lows.append(float(low))
         highs.append(float(high))
     notices.append(
-        f"{path.name}: {'/'.join(sorted(set(info.dtypes[b - 1] for b in chosen)))} values stretched to 8-bit "
+        f"{source_name(path)}: {'/'.join(sorted(set(info.dtypes[b - 1] for b in chosen)))} values stretched to 8-bit "
         f"with the {percentiles[0]:g}-{percentiles[1]:g}% percentiles of each band"
     )
     return Stretch(chosen, (lows[0], lows[1], lows[2]), (highs[0], highs[1], highs[2]), tuple(notices))
@@ -252,7 +301,7 @@ def compute_stretch(
 def _georef_notice(info: RasterInfo) -> list[str]:
     if info.has_georeference:
         return []
-    return [f"{info.path.name}: no georeferencing (no CRS/transform); outputs use pixel coordinates"]
+    return [f"{info.name}: no georeferencing (no CRS/transform); outputs use pixel coordinates"]
 
 
 def read_overview(
@@ -274,7 +323,7 @@ def read_overview(
     ``params`` reuses a :class:`Stretch` from :func:`compute_stretch`; otherwise it is
     computed here from ``bands``/``stretch``/``percentiles``.
     """
-    path = Path(path)
+    path = as_source(path)
     params = params or compute_stretch(path, bands, stretch=stretch, percentiles=percentiles)
     with _dataset(path) as ds:
         info = _info(ds, path)
@@ -299,7 +348,7 @@ def read_window(
     Using the statistics of the whole raster (not of the tile) keeps brightness consistent
     across tiles, so neighbouring predictions agree in overlaps.
     """
-    path = Path(path)
+    path = as_source(path)
     with _dataset(path) as ds:
         info = _info(ds, path)
         _check_window(info, window)
@@ -313,7 +362,7 @@ def read_window(
 
 def read_valid_mask(path: str | Path, window: Window | None = None, bands: Sequence[int] | None = None) -> np.ndarray:
     """Full-resolution validity of ``window`` (whole raster if None), for forcing nodata out of masks."""
-    path = Path(path)
+    path = as_source(path)
     with _dataset(path) as ds:
         info = _info(ds, path)
         chosen, _ = select_bands(info, bands)
@@ -329,4 +378,5 @@ def read_valid_mask(path: str | Path, window: Window | None = None, bands: Seque
 def _check_window(info: RasterInfo, window: Window) -> None:
     w = window.round_offsets().round_lengths()
     if w.col_off < 0 or w.row_off < 0 or w.col_off + w.width > info.width or w.row_off + w.height > info.height:
-        raise ValueError(f"{info.path}: window {window} lies outside the {info.width}x{info.height} raster")
+        where = describe_source(info.path)
+        raise ValueError(f"{where}: window {window} lies outside the {info.width}x{info.height} raster")
