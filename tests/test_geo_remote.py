@@ -14,6 +14,7 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from segearth.geo.paths import describe_source
 from segearth.geo.read import (
     RasterInputError,
     compute_stretch,
@@ -130,6 +131,9 @@ def test_source_helpers() -> None:
     assert not is_remote("/data/x.tif") and not is_remote(Path("x.tif")) and not is_remote("file:///data/x.tif")
     assert source_name("https://h/a/x.tif?X-Amz-Signature=abc") == "x.tif"
     assert source_name("/vsizip/a.zip/inner.tif") == "inner.tif" and source_name("zip://a.zip!b.tif") == "b.tif"
+    # Messages never repeat credentials or a signed query string.
+    assert describe_source("https://user:pw@h/x.tif?X-Amz-Signature=abc") == "https://h/x.tif?..."
+    assert describe_source(Path("/data/x.tif")) == "/data/x.tif"
 
 
 @pytest.mark.parametrize("form", ["{url}", "/vsicurl/{url}"])
@@ -187,5 +191,6 @@ def test_missing_remote_file_is_a_clear_error(server: RangeServer) -> None:
     with pytest.raises(RasterInputError, match=r"nothing_here\.tif.*cannot open the remote raster") as err:
         open_raster(url)
     assert "\n" not in str(err.value) and url in str(err.value)
-    with pytest.raises(RasterInputError, match="nothing_here"):
-        open_raster("/vsicurl/" + url)
+    with pytest.raises(RasterInputError, match="nothing_here") as err:
+        open_raster("/vsicurl/" + url + "?X-Amz-Signature=secret")
+    assert "secret" not in str(err.value) and "404" in str(err.value)  # GDAL's reason, not the signature
