@@ -9,10 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["SegEarthConfig", "SegEarthR1", "released_config", "small_config"]
+__all__ = ["Result", "SegEarth", "SegEarthConfig", "SegEarthR1", "load", "released_config", "small_config"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("load", "SegEarth", "Result"):
+        from . import api
+
+        return getattr(api, name)
     if name in ("SegEarthConfig", "released_config", "small_config"):
         from . import config
 

@@ -1,39 +1,41 @@
-"""``segearth predict``: resolve the inputs (file, folder, glob, CSV manifest), load the model once,
-run every job with a progress bar, and report per-item failures without stopping the batch."""
+"""``segearth predict``: resolve the inputs (file, URL, folder, glob, CSV manifest), check what is cheap
+to check, load the model once, run every job with a progress bar, and report per-item failures
+without stopping the batch."""
 
 from __future__ import annotations
 
 import csv
 import glob
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .geo.read import open_raster
-from .predict import PredictOptions, predict_raster, work_units
-from .predictor import Predictor
-from .weights import resolve_model
+from .api import load_predictor
+from .geo.paths import confined_output, is_remote, source_name
+from .predict import PredictOptions, RasterResult, predict_raster
+from .pipeline import check_raster, work_units
+
+__all__ = ["load_predictor", "parse_bands", "read_manifest", "resolve_jobs", "run_predict_command"]
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".img", ".vrt"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class Job:
-    image: Path
+    image: str | Path  # a local path, or a URL / GDAL virtual path passed to rasterio untouched
     questions: list[str]
-    stems: list[str] | None = None  # output names from a manifest
+    stems: list[str | None] | None = None  # output names from a manifest (None: derived)
 
 
 @dataclass
 class BatchReport:
-    done: list[tuple[Job, object]] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
+    done: list[RasterResult] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:
@@ -45,37 +47,58 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
         raise ValueError(f"--bands must be comma-separated 1-based band numbers like 4,3,2, got {text!r}") from None
     if any(b < 1 for b in bands):
         raise ValueError(f"--bands are 1-based: got {text!r}")
+    if len(bands) not in (1, 3):
+        raise ValueError(f"--bands takes 1 band (grey) or 3 bands (R,G,B), got {text!r}")
     return bands
 
 
-def read_manifest(path: Path) -> list[Job]:
-    """CSV with a header ``image,question[,output]``; relative image paths are relative to the CSV."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"image", "question"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: a manifest needs a header with columns image,question[,output]")
-        jobs: dict[Path, Job] = {}
-        for line, row in enumerate(reader, start=2):
-            image, question = (row.get("image") or "").strip(), (row.get("question") or "").strip()
-            if not image or not question:
-                raise ValueError(f"{path}, line {line}: image and question must both be given")
-            img = Path(image) if Path(image).is_absolute() else path.parent / image
-            job = jobs.setdefault(img, Job(img, [], []))
-            job.questions.append(question)
-            output = (row.get("output") or "").strip()
-            job.stems.append(output or None)  # type: ignore[union-attr]
+def read_manifest(path: Path, out_dir: Path) -> list[Job]:
+    """CSV with a header ``image,question[,output]``; relative image paths are relative to the CSV,
+    outputs are names inside ``out_dir`` (subfolders allowed, nothing outside it)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = set(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: cannot read the manifest ({exc})") from None
+    if not {"image", "question"} <= fields:
+        raise ValueError(f"{path}: a manifest needs a header with columns image,question[,output]")
+    jobs: dict[str, Job] = {}
+    for line, row in enumerate(rows, start=2):
+        image, question = (row.get("image") or "").strip(), (row.get("question") or "").strip()
+        if not image or not question:
+            raise ValueError(f"{path}, line {line}: image and question must both be given")
+        source: str | Path = image if is_remote(image) or Path(image).is_absolute() else path.parent / image
+        job = jobs.setdefault(str(source), Job(source, [], []))
+        output = (row.get("output") or "").strip()
+        stem = None
+        if output:
+            try:
+                stem = str(confined_output(out_dir, output).relative_to(out_dir.resolve()))
+            except ValueError as exc:
+                raise ValueError(f"{path}, line {line}: {exc}") from None
+        if question in job.questions:
+            continue  # a repeated question is answered once
+        job.questions.append(question)
+        job.stems.append(stem)  # type: ignore[union-attr]
     if not jobs:
         raise ValueError(f"{path}: the manifest has no rows")
     return list(jobs.values())
 
 
-def resolve_jobs(image: str, questions: list[str]) -> tuple[list[Job], bool]:
+def resolve_jobs(image: str, questions: list[str], out_dir: Path) -> tuple[list[Job], bool]:
     """Jobs for the command's IMAGE argument; the flag says whether this is a batch."""
+    questions = list(dict.fromkeys(questions))
+    if is_remote(image):
+        if not questions:
+            raise ValueError("no question given: segearth predict IMAGE \"QUESTION\" [MORE QUESTIONS]")
+        return [Job(image, questions)], False
     p = Path(image)
     if p.suffix.lower() == ".csv" and p.is_file():
         if questions:
             raise ValueError("give questions either on the command line or in the manifest, not both")
-        return read_manifest(p), True
+        return read_manifest(p, out_dir), True
     if not questions:
         raise ValueError("no question given: segearth predict IMAGE \"QUESTION\" [MORE QUESTIONS]")
     if p.is_dir():
@@ -100,74 +123,61 @@ def ensure_writable(folder: Path) -> None:
         raise PermissionError(f"output folder {folder} is not writable")
 
 
-def load_predictor(model: Path | None, task: str, device: str, dtype: str) -> tuple[Predictor, str]:
-    from .checkpoint import load_model_and_tokenizer
-
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if task not in ("reasoning", "referring"):
-        raise ValueError(f"--task must be reasoning or referring, got {task!r}")
-    folder = resolve_model(model)  # None = the built-in segearth-nano
-    net, tokenizer = load_model_and_tokenizer(folder, device=device, dtype=DTYPES[dtype])
-    name = "segearth-nano" if model is None else folder.resolve().name
-    return Predictor(net, tokenizer, task=task), name
-
-
 def run_predict_command(
-    image: str, questions: list[str], model: Path | None, out: Path, *, mode: str, tile_size: int | None,
-    overlap: int, bands: str | None, probabilities: bool, simplify: float, min_area: float, task: str,
-    device: str, dtype: str, overwrite: bool, console: Console,
+    image: str, questions: list[str], model: str | None, opts: PredictOptions, *, task: str, device: str,
+    dtype: str, console: Console,
 ) -> int:
     """Returns the exit code: 0 when every job succeeded, 1 when some batch items failed."""
-    if mode not in ("scene", "tiles"):
-        raise ValueError(f"--mode must be scene or tiles, got {mode!r}")
-    if tile_size is not None and tile_size < 32:
-        raise ValueError(f"--tile-size must be at least 32 pixels, got {tile_size}")
-    opts = PredictOptions(
-        out_dir=out, mode=mode, bands=parse_bands(bands), tile_size=tile_size, overlap=overlap,  # type: ignore[arg-type]
-        probabilities=probabilities, simplify=simplify, min_area=min_area, overwrite=overwrite,
-    )
-    jobs, is_batch = resolve_jobs(image, questions)
-    ensure_writable(out)
-    if not is_batch:  # fail fast on a bad raster before loading the model
-        open_raster(jobs[0].image)
-    predictor, model_name = load_predictor(model, task, device, dtype)
+    jobs, is_batch = resolve_jobs(image, questions, opts.out_dir)
+    ensure_writable(opts.out_dir)
+    if not is_batch:  # fail fast on a bad raster or band before loading the model
+        check_raster(jobs[0].image, opts)
+    predictor, model_name = load_predictor(model, task=task, device=device, dtype=dtype)
     report = BatchReport()
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("predicting", total=None)
         for job in jobs:
-            progress.update(bar, description=f"{job.image.name}")
+            name = source_name(job.image)
+            progress.update(bar, description=escape(name))
             try:
-                info = open_raster(job.image)
+                info = check_raster(job.image, opts)
                 units = work_units(info, len(job.questions), opts, predictor.image_size)
                 progress.update(bar, total=(progress.tasks[0].total or 0) + units)
                 stems = None
                 if job.stems and any(job.stems):
                     from .geo.paths import output_stem
 
-                    stems = [s or output_stem(job.image, q) for s, q in zip(job.stems, job.questions)]
-                result = predict_raster(predictor, job.image, job.questions, replace(opts), model_name, stems,
+                    stems = [s or output_stem(job.image, q, mode=opts.mode.value, model=model_name)
+                             for s, q in zip(job.stems, job.questions)]
+                result = predict_raster(predictor, job.image, job.questions, opts, model_name, stems,
                                         progress=lambda n: progress.advance(bar, n))
-                report.done.append((job, result))
-            except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
+                report.done.append(result)
+            except (ValueError, OSError) as exc:
                 if not is_batch:
                     raise
-                report.failed.append((job.image, str(exc)))
-                console.print(f"[red]skipped[/] {job.image}: {exc}", highlight=False, soft_wrap=True)
-    _summary(report, console)
+                report.failed.append((name, str(exc)))
+                console.print(f"[red]skipped[/] {escape(name)}: {escape(str(exc))}", highlight=False, soft_wrap=True)
+    _summary(report, opts.out_dir, console)
     return 1 if report.failed else 0
 
 
-def _summary(report: BatchReport, console: Console) -> None:
-    table = Table(title="segearth predict")
-    for col in ("image", "question", "regions", "target %", "mask"):
-        table.add_column(col)
-    for job, result in report.done:
-        for r in result.results:  # type: ignore[attr-defined]
-            table.add_row(job.image.name, r.question, str(r.polygons), f"{100 * r.target_fraction:.1f}", str(r.mask))
-        for notice in result.notices:  # type: ignore[attr-defined]
-            console.print(f"[yellow]note[/] {notice}", highlight=False, soft_wrap=True)  # notices name their file
+def _summary(report: BatchReport, out_dir: Path, console: Console) -> None:
+    """One row per answer; a low max p means the model found little evidence of the target."""
+    table = Table(title=f"segearth predict → {escape(str(out_dir))}")
+    for col in ("image", "question", "regions", "target %", "mean p", "max p"):
+        table.add_column(col, overflow="fold")
+    for result in report.done:
+        for r in result.results:
+            if r.skipped:
+                table.add_row(escape(result.info.name), escape(r.question), "outputs exist, skipped", "", "", "")
+                continue
+            s = r.scores
+            table.add_row(escape(result.info.name), escape(r.question), str(r.polygons),
+                          f"{100 * s.target_fraction:.1f}", f"{s.mean_probability:.2f}", f"{s.max_probability:.2f}")
+        for notice in result.notices:
+            console.print(f"[yellow]note[/] {escape(notice)}", highlight=False, soft_wrap=True)
     console.print(table)
     if report.failed:
         console.print(f"[bold red]{len(report.failed)} item(s) failed[/]; {len(report.done)} succeeded", highlight=False)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from .errors import USER_ERRORS, exit_with_user_error
 from .evaluate import eval_command
+from .options import DEFAULT_MAX_PIXELS, DType, Mode, Task
 from .serve.command import serve
 from .train.command import train
 
@@ -65,62 +66,90 @@ def parity(
 
 @app.command("check-checkpoint")
 def check_checkpoint(
-    folder: Path = typer.Argument(..., help="An official save_pretrained folder (config.json + weights)."),
+    model: str = typer.Argument(..., help="A checkpoint folder (config.json + weights), a built-in name (nano) or a "
+                                "Hugging Face hub id org/name[@revision]."),
     debug: bool = typer.Option(False, help="Show full tracebacks."),
 ) -> None:
-    """Load a checkpoint folder and report what was loaded, ignored or wrong (no forward pass)."""
+    """Load a checkpoint and report what was loaded, ignored or wrong (no forward pass).
+
+    Example: segearth check-checkpoint earth-insights/SegEarth-R1-EarthReason
+    """
     from .checkpoint import load_pretrained
+    from .weights import resolve_model
 
     try:
-        model = load_pretrained(folder)
+        folder = resolve_model(model)
+        net = load_pretrained(folder)
     except USER_ERRORS as exc:
         exit_with_user_error(exc, debug)
-    n = sum(p.numel() for p in model.parameters())
-    console.print(f"[green]ok[/]: {folder} loaded, {n:,} parameters, image size {model.cfg.image_size}")
+    n = sum(p.numel() for p in net.parameters())
+    console.print(f"[green]ok[/]: {model} loaded from {folder}, {n:,} parameters, image size {net.cfg.image_size}",
+                  highlight=False)
 
 
 @app.command()
 def predict(
-    image: str = typer.Argument(..., help="A raster (GeoTIFF/COG, JPEG, PNG), a folder of rasters, a quoted glob "
-                                "('scenes/*.tif') or a CSV manifest with columns image,question[,output]."),
+    image: str = typer.Argument(..., help="A raster (GeoTIFF/COG, JPEG, PNG, anything GDAL opens: also https://…, "
+                                "/vsicurl/…, s3://…), a folder of rasters, a quoted glob ('scenes/*.tif') or a CSV "
+                                "manifest with columns image,question[,output]."),
     questions: list[str] = typer.Argument(None, help="One or more questions (not needed with a CSV manifest)."),
-    model: Path = typer.Option(None, "--model", "-m", help="Checkpoint folder (config.json, *.safetensors, tokenizer); default: the built-in segearth-nano."),
+    model: str = typer.Option(None, "--model", "-m", help="A built-in model (nano), a checkpoint folder, or a Hugging "
+                              "Face hub id org/name[@revision] (downloaded once into the hub cache; HF_HUB_OFFLINE=1 "
+                              "uses the cache only). Default: the built-in segearth-nano."),
     out: Path = typer.Option(Path("segearth-out"), "--out", "-o", help="Output folder (created if needed)."),
-    mode: str = typer.Option("scene", help="scene: one prediction on a decimated overview; "
-                             "tiles: full-resolution windows blended in the overlaps (small targets, huge scenes)."),
+    mode: Mode = typer.Option(Mode.scene, help="scene: one prediction on a decimated overview (fast, whole-scene "
+                              "context); tiles: full-resolution windows blended in the overlaps (small targets, "
+                              "huge scenes)."),
     tile_size: int = typer.Option(None, help="Tiles mode: window size in raster pixels (default: model input size)."),
     overlap: int = typer.Option(128, help="Tiles mode: overlap between windows in pixels."),
-    bands: str = typer.Option(None, help="1-based bands to use as RGB, e.g. 4,3,2 (default: the first three; "
-                              "1- and 2-band rasters are replicated)."),
-    probabilities: bool = typer.Option(False, help="Write float32 probabilities instead of a 0/255 mask."),
+    bands: str = typer.Option(None, help="1-based bands to use as RGB, e.g. 4,3,2, or one band for grey (default: "
+                              "the first three; 1- and 2-band rasters are shown as grey)."),
+    probabilities: bool = typer.Option(False, help="Write float32 probabilities (NAME_prob.tif) instead of the "
+                                       "0/255 mask (NAME_mask.tif)."),
     simplify: float = typer.Option(0.0, help="Polygon simplification tolerance in CRS units (0 = none)."),
-    min_area: float = typer.Option(0.0, help="Drop polygons smaller than this many m² (pixels² without a CRS)."),
-    task: str = typer.Option("reasoning", help="Prompt template: reasoning (EarthReason) or referring (RRSIS-D)."),
+    min_area: float = typer.Option(None, help="Drop polygons smaller than this many m² (pixels² without a CRS). "
+                                   "Default: a quarter of one model output cell (smaller regions are "
+                                   "interpolation fringes)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse rasters with more pixels than this (checked "
+                                   "from the header before reading)."),
+    task: Task = typer.Option(Task.reasoning, help="Prompt template: reasoning (EarthReason) or referring "
+                              "(RRSIS-D). Models trained with one template always use it."),
     device: str = typer.Option("cpu", help="Torch device (cpu, cuda, mps)."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    dtype: DType = typer.Option(DType.float32, help="Precision of the model."),
     overwrite: bool = typer.Option(False, help="Replace existing output files."),
+    skip_existing: bool = typer.Option(False, help="Skip questions whose outputs already exist (resume a batch)."),
     debug: bool = typer.Option(False, help="Show full tracebacks."),
 ) -> None:
     """Ask questions about rasters; write a georeferenced mask, polygons and a preview per question.
 
-    Outputs in --out, named after the input and the question: NAME_mask.tif (uint8 0/255, same CRS and
-    transform, nodata kept out), NAME.geojson (WGS84) and NAME.gpkg (raster CRS) with one feature per
-    region (question, model, area, mean probability), and NAME_preview.png. Existing files are never
-    replaced without --overwrite.
+    Outputs in --out, per image and question, named INPUT_QUESTION_HASH (the full input name, the
+    question, and a hash of the input path, question, mode and model, so different inputs never
+    collide): NAME_mask.tif (Cloud Optimized GeoTIFF, uint8 255 = target / 0 = background, same CRS
+    and transform as the input, input nodata kept out; NAME_prob.tif with --probabilities),
+    NAME.geojson (WGS84) and NAME.gpkg (raster CRS, a layer named after the question) with one
+    feature per region (question, model, area_m2, mean probability), and NAME_preview.png. Files of a
+    question appear together when all are complete. Existing files are never replaced without
+    --overwrite. The table at the end gives each answer's target share and probabilities: a low max p
+    means "probably not here".
 
     Examples:
-      segearth predict scene.tif "where could floodwater collect?" -m ckpt/
-      segearth predict naip.tif "the buildings" "the water" -m ckpt/ --bands 4,3,2 --mode tiles
-      segearth predict jobs.csv -m ckpt/ --out results/
+      segearth predict scene.tif "where could floodwater collect?"
+      segearth predict naip.tif "the buildings" "the water" --bands 4,3,2 --mode tiles
+      segearth predict scene.tif "the roads" -m earth-insights/SegEarth-R1-EarthReason
+      segearth predict https://example.org/cog.tif "the water"
+      segearth predict jobs.csv --out results/ --skip-existing
     """
-    from .batch import run_predict_command
+    from .batch import parse_bands, run_predict_command
+    from .predict import PredictOptions
 
     try:
-        code = run_predict_command(
-            image, questions or [], model, out, mode=mode, tile_size=tile_size, overlap=overlap, bands=bands,
-            probabilities=probabilities, simplify=simplify, min_area=min_area, task=task, device=device,
-            dtype=dtype, overwrite=overwrite, console=console,
+        opts = PredictOptions(
+            out_dir=out, mode=mode, bands=parse_bands(bands), tile_size=tile_size, overlap=overlap,
+            probabilities=probabilities, simplify=simplify, min_area=min_area, overwrite=overwrite,
+            skip_existing=skip_existing, max_pixels=max_pixels,
         )
+        code = run_predict_command(image, questions or [], model, opts, task=task.value, device=device,
+                                   dtype=dtype.value, console=console)
     except USER_ERRORS as exc:
         exit_with_user_error(exc, debug)
     raise typer.Exit(code=code)

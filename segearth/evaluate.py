@@ -245,14 +245,12 @@ def evaluate(
             image, masks = pending.result()
             if i + 1 < len(groups):
                 pending = pool.submit(load_group, groups[i + 1])
-            canvas, box = letterbox(image, size)
-            predictor.set_image(canvas)
-            h, w = image.shape[:2]
+            predictor.set_image(image)
             to_grid: ToGrid = (lambda m: letterbox_mask(m, size)) if protocol == "paper" else (lambda m: m)
-            shown = canvas if protocol == "paper" else image
+            shown = letterbox(image, size)[0] if protocol == "paper" else image
             for sample, mask in zip(group, masks):
                 pred = predictor.predict(sample.question)
-                logits = pred.canvas_logits(size) if protocol == "paper" else box.unletterbox(pred.logits, h, w)
+                logits = pred.canvas_logits(size) if protocol == "paper" else pred.logits
                 binary = (logits > 0).cpu().numpy()
                 truth = to_grid(mask) == 1
                 score = score_sample(binary, truth)
@@ -301,7 +299,7 @@ def run_eval(dataset: str, split: str, data_root: Path, model: Path | None, out:
              device: str = "cpu", dtype: str = "float32", overwrite: bool = False,
              console: Console | None = None) -> EvalResult:
     """Everything ``segearth eval`` does, raising user errors instead of exiting."""
-    from .batch import load_predictor
+    from .api import load_predictor
     from .metrics import PROTOCOLS
 
     console = console or Console()

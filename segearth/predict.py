@@ -1,78 +1,78 @@
-"""Answer questions about a raster and write georeferenced results.
+"""Answers on a raster → files: a mask COG, polygons (GeoJSON, GeoPackage) and a preview per question.
 
-For each question: a full-resolution mask GeoTIFF (uint8 0/255, or float32 probabilities) aligned
-with the input, polygons (GeoJSON in WGS84 and GeoPackage in the raster's CRS) and a PNG preview.
+:func:`predict_raster` runs :func:`segearth.pipeline.run_raster` and hands each answer's logit blocks to
+:func:`write_answer`, which streams them once: into the mask (uint8 0/255 or float32 probabilities,
+same grid, CRS and transform as the input) and into a decimated grid (long side ≤ 4096) from which
+the polygons, the preview and the scores are made.
 
-Two strategies for rasters of any size (memory is bounded by the block/tile size, never the raster):
-
-* ``scene`` (default): one prediction on a decimated overview read into the model's letterbox; the
-  logits are brought to full resolution block by block.
-* ``tiles``: predictions on full-resolution windows whose logits are blended in the overlaps — for
-  small targets in huge scenes.
+Nothing that looks like a result is ever partial: a question's files are written into a hidden
+staging folder inside the output folder and moved into place together only when all of them are
+complete; a crash, a full disk or Ctrl-C leaves no output file behind, and a rerun works.
 """
 
 from __future__ import annotations
 
+import errno
 import math
-from collections.abc import Callable, Iterator
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from .geo.letterbox import letterbox
-from .geo.paths import output_stem, refuse_overwrite
-from .geo.read import (
-    RasterInfo, RasterInputError, compute_stretch, open_raster, read_overview, read_valid_mask, read_window,
-)
-from .geo.tiles import LogitStitcher, plan_tiles, upsample_blocks
-from .geo.vector import mask_to_polygons, write_geojson, write_gpkg
+from .geo.paths import OutputWriteError, output_stem, refuse_overwrite
+from .geo.read import RasterInfo, read_overview
+from .geo.vector import default_min_area, mask_to_polygons, write_geojson, write_gpkg
 from .geo.write import write_mask_geotiff, write_preview_png
-from .predictor import Predictor
+from .pipeline import Blocks, Mode, Progress, RunOptions, run_raster
+from .predictor import Predictor, Scores, sigmoid
 
-Mode = Literal["scene", "tiles"]
-Progress = Callable[[int], None]  # called with the number of finished work units
+PREVIEW_MAX_SIDE = 2048
+VECTOR_MAX_SIDE = 4096  # polygons are traced on a grid at most this large
 
 
 @dataclass
-class PredictOptions:
+class PredictOptions(RunOptions):
+    """:class:`RunOptions` plus where and how the outputs are written."""
+
     out_dir: Path = Path("segearth-out")
-    mode: Mode = "scene"
-    bands: tuple[int, ...] | None = None
-    tile_size: int | None = None  # tiles mode; default: the model's input size
-    overlap: int = 128
-    probabilities: bool = False
-    simplify: float = 0.0
-    min_area: float = 0.0
+    probabilities: bool = False  # float32 probabilities instead of a 0/255 mask
+    simplify: float = 0.0  # polygon simplification tolerance, CRS units
+    min_area: float | None = None  # m² (pixel² without a CRS); None: a quarter of a model output cell
     overwrite: bool = False
-    percentiles: tuple[float, float] = (2.0, 98.0)
-    vector_max_side: int = 4096  # polygons are traced on a grid at most this large
+    skip_existing: bool = False  # a question whose outputs all exist is not asked again (resume)
     write_gpkg: bool = True
 
 
 @dataclass
 class QuestionResult:
     question: str
-    mask: Path
-    geojson: Path
-    gpkg: Path | None
-    preview: Path
+    paths: dict[str, Path]  # mask, geojson, gpkg, preview
     polygons: int
-    target_fraction: float  # of the valid pixels (on the vector grid)
+    scores: Scores
+    skipped: bool = False  # outputs existed and skip_existing was set
+
+    @property
+    def mask(self) -> Path:
+        return self.paths["mask"]
 
 
 @dataclass
 class RasterResult:
-    path: Path
+    source: str | Path
     info: RasterInfo
     results: list[QuestionResult] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
 
 
 def output_paths(stem: str, opts: PredictOptions) -> dict[str, Path]:
+    """The files of one question: ``STEM_mask.tif`` (``STEM_prob.tif``), ``.geojson``, ``.gpkg``, ``_preview.png``."""
     d = opts.out_dir
     paths = {
         "mask": d / f"{stem}_{'prob' if opts.probabilities else 'mask'}.tif",
@@ -84,82 +84,30 @@ def output_paths(stem: str, opts: PredictOptions) -> dict[str, Path]:
     return paths
 
 
-def work_units(info: RasterInfo, n_questions: int, opts: PredictOptions, model_size: int) -> int:
-    """Number of progress steps :func:`predict_raster` reports (model calls)."""
-    if opts.mode == "scene":
-        return n_questions
-    tile = opts.tile_size or model_size
-    return len(plan_tiles(info.width, info.height, tile, _overlap(tile, opts.overlap))) * n_questions
-
-
-def _overlap(tile: int, overlap: int) -> int:
-    if not 0 <= overlap < tile:
-        raise ValueError(f"--overlap must be between 0 and the tile size ({tile}), got {overlap}")
-    return overlap
-
-
-def predict_raster(
-    predictor: Predictor,
-    path: str | Path,
-    questions: list[str],
-    opts: PredictOptions,
-    model_name: str,
-    stems: list[str] | None = None,
-    progress: Progress | None = None,
-) -> RasterResult:
-    """Run every question on one raster and write its outputs (see module docstring)."""
-    path = Path(path)
-    if not questions:
-        raise ValueError("no question given")
-    for q in questions:
-        if not q.strip():
-            raise ValueError("the question is empty")
-    info = open_raster(path)
-    stems = stems or [output_stem(path, q) for q in questions]
-    planned = [output_paths(s, opts) for s in stems]
-    refuse_overwrite([p for paths in planned for p in paths.values()], opts.overwrite)
-    stretch = compute_stretch(path, opts.bands, percentiles=opts.percentiles)
-    size = predictor.image_size
-    tick = progress or (lambda n: None)
-    overview = read_overview(path, size, params=stretch)
-    if not overview.valid.any():
-        raise RasterInputError(f"{path}: every pixel is nodata")
-    result = RasterResult(path, info, notices=list(overview.notices))
-
-    if opts.mode == "scene":
-        canvas, box = letterbox(overview.image, size)
-        predictor.set_image(canvas)
-        sources = []
-        for q in questions:
-            logits = predictor.predict(q).logits.cpu().numpy()
-            low = box.unletterbox(logits, overview.image.shape[0], overview.image.shape[1])
-            sources.append(lambda low=low: upsample_blocks(low, info.width, info.height))
-            tick(1)
-        _write_all(predictor, path, info, questions, planned, sources, overview.image, opts, model_name, result)
-        return result
-
-    tile = opts.tile_size or size
-    windows = plan_tiles(info.width, info.height, tile, _overlap(tile, opts.overlap))
-    stitchers = [LogitStitcher(info.width, info.height, ramp=max(opts.overlap // 2, 1)) for _ in questions]
+@contextmanager
+def staged(paths: dict[str, Path]) -> Iterator[dict[str, Path]]:
+    """Temporary paths for ``paths`` in a hidden folder beside them, moved into place on success only."""
+    folders = {p.parent for p in paths.values()}
+    if len(folders) != 1:
+        raise ValueError("the outputs of one question must share a folder")
+    folder = folders.pop()
     try:
-        for window in windows:
-            piece = read_window(path, window, stretch)
-            if not piece.valid.any():  # nothing to see: leave the tile unpredicted (nodata)
-                tick(len(questions))
-                continue
-            canvas, box = letterbox(piece.image, size)
-            predictor.set_image(canvas)
-            h, w = piece.image.shape[:2]
-            for q, stitcher in zip(questions, stitchers):
-                logits = predictor.predict(q).logits.cpu().numpy()
-                stitcher.add(window, box.unletterbox(logits, h, w))
-                tick(1)
-        sources = [lambda s=s: s.blocks(fill=np.nan) for s in stitchers]
-        _write_all(predictor, path, info, questions, planned, sources, overview.image, opts, model_name, result)
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".segearth-partial-", dir=folder))
+    except OSError as exc:
+        raise OutputWriteError(folder, exc.strerror or str(exc), exc.errno) from None
+    try:
+        yield {key: stage / p.name for key, p in paths.items()}
+        for key, final in paths.items():
+            os.replace(stage / final.name, final)  # same filesystem: atomic per file
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
+            raise OutputWriteError(folder, exc.strerror or str(exc), exc.errno) from None
+        raise
     finally:
-        for s in stitchers:
-            s.close()
-    return result
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 class _Decimator:
@@ -178,42 +126,90 @@ class _Decimator:
         self.values[gr : gr + sub.shape[0], gc : gc + sub.shape[1]] = sub
 
 
-def _write_all(predictor, path, info, questions, planned, sources, image, opts, model_name, result) -> None:
-    factor = max(1, math.ceil(max(info.width, info.height) / opts.vector_max_side))
-    for q, paths, source in zip(questions, planned, sources):
-        grid = _Decimator(info.width, info.height, factor)
-        _write_mask(path, info, source(), grid, paths["mask"], q, model_name, opts)
-        logits = grid.values
-        valid = np.isfinite(logits)
-        mask = valid & (np.nan_to_num(logits, nan=-1.0) > 0)
-        probs = 1.0 / (1.0 + np.exp(-np.nan_to_num(logits, nan=0.0)))
-        transform = info.transform @ Affine.scale(factor)
-        polygons = mask_to_polygons(
-            mask, transform, info.crs, probabilities=probs, simplify_tolerance=opts.simplify,
-            min_area=opts.min_area, properties={"question": q, "model": model_name},
-        )
-        write_geojson(paths["geojson"], polygons, info.crs, overwrite=opts.overwrite)
-        gpkg = write_gpkg(paths["gpkg"], polygons, info.crs, overwrite=opts.overwrite) if "gpkg" in paths else None
-        write_preview_png(paths["preview"], image, mask, q, overwrite=opts.overwrite)
-        fraction = float(mask.sum() / max(valid.sum(), 1))
-        result.results.append(QuestionResult(q, paths["mask"], paths["geojson"], gpkg, paths["preview"], len(polygons), fraction))
+def write_answer(
+    blocks: Blocks,
+    info: RasterInfo,
+    preview_image: np.ndarray,
+    question: str,
+    model_name: str,
+    paths: dict[str, Path],
+    opts: PredictOptions,
+    cell_px: float,
+) -> QuestionResult:
+    """Stream one answer's logit blocks (NaN = nodata) into every output file at ``paths``.
 
+    ``cell_px`` is the model's output cell in raster pixels (the default minimum polygon area is a
+    quarter of it: smaller regions are interpolation fringes, not answers).
+    """
+    factor = max(1, math.ceil(max(info.width, info.height) / VECTOR_MAX_SIDE))
+    grid = _Decimator(info.width, info.height, factor)
 
-def _write_mask(path, info, blocks, grid, target, question, model_name, opts) -> None:
-    """Stream full-resolution logit blocks into the mask GeoTIFF, nodata forced out."""
     last_valid: dict[str, np.ndarray] = {}
 
-    def thresholded() -> Iterator[tuple[Window, np.ndarray]]:
+    def mask_blocks() -> Blocks:
         for window, logits in blocks:
-            ok = read_valid_mask(path, window, opts.bands) & np.isfinite(logits)
-            last_valid["ok"] = ok
-            grid.add(window, np.where(ok, logits, np.nan))
+            grid.add(window, logits)
+            valid = np.isfinite(logits)
+            last_valid["block"] = valid  # the writer asks for the validity of the block it just received
             if opts.probabilities:
-                yield window, (1.0 / (1.0 + np.exp(-np.nan_to_num(logits, nan=0.0)))).astype(np.float32)
+                yield window, sigmoid(logits)  # NaN stays NaN: the nodata value of the probability COG
             else:
-                yield window, np.nan_to_num(logits, nan=-1.0) > 0
+                yield window, valid & (np.nan_to_num(logits, nan=-1.0) > 0)
 
-    write_mask_geotiff(
-        target, thresholded(), info, probabilities=opts.probabilities, overwrite=opts.overwrite,
-        valid=lambda window: last_valid["ok"], tags={"question": question, "model": model_name},
+    write_mask_geotiff(paths["mask"], mask_blocks(), info, probabilities=opts.probabilities, overwrite=True,
+                       valid=lambda window: last_valid["block"], tags={"question": question, "model": model_name})
+    logits = grid.values
+    found = np.isfinite(logits)
+    mask = found & (np.nan_to_num(logits, nan=-1.0) > 0)
+    transform = info.transform @ Affine.scale(factor)
+    min_area = opts.min_area
+    if min_area is None:
+        min_area = default_min_area(info.transform, info.crs, cell_px / 2, (info.height, info.width))
+    polygons = mask_to_polygons(
+        mask, transform, info.crs, probabilities=sigmoid(np.nan_to_num(logits, nan=0.0)),
+        simplify_tolerance=opts.simplify, min_area=min_area, properties={"question": question, "model": model_name},
     )
+    write_geojson(paths["geojson"], polygons, info.crs, overwrite=True)
+    if "gpkg" in paths:
+        write_gpkg(paths["gpkg"], polygons, info.crs, overwrite=True, question=question)
+    write_preview_png(paths["preview"], preview_image, mask, question, overwrite=True)
+    return QuestionResult(question, dict(paths), len(polygons), Scores.from_logits(logits))
+
+
+def predict_raster(
+    predictor: Predictor,
+    source: str | Path,
+    questions: list[str],
+    opts: PredictOptions,
+    model_name: str,
+    stems: list[str] | None = None,
+    progress: Progress | None = None,
+) -> RasterResult:
+    """Ask every question about one raster and write its outputs (see the module docstring)."""
+    questions = list(dict.fromkeys(questions))  # a repeated question is answered once
+    stems = stems or [output_stem(source, q, mode=Mode(opts.mode).value, model=model_name) for q in questions]
+    planned = [output_paths(s, opts) for s in stems]
+    done = [opts.skip_existing and all(p.exists() for p in paths.values()) for paths in planned]
+    if not (opts.overwrite or opts.skip_existing):
+        # With skip_existing, a question whose files are only partly there (a run stopped while moving them
+        # into place) is answered again: the names hash input, question, mode and model, so nothing else is hit.
+        refuse_overwrite([p for paths in planned for p in paths.values()], False)
+    todo = [i for i, d in enumerate(done) if not d]
+    skipped = [QuestionResult(questions[i], planned[i], 0, Scores(0.0, 0.0, 0.0), skipped=True)
+               for i in range(len(questions)) if done[i]]
+    if not todo:
+        from .geo.read import open_raster
+
+        return RasterResult(source, open_raster(source, max_pixels=opts.max_pixels), skipped)
+    with run_raster(predictor, source, [questions[i] for i in todo], opts, progress) as run:
+        result = RasterResult(source, run.info, notices=run.notices)
+        preview = read_overview(source, PREVIEW_MAX_SIDE, params=run.stretch).image
+        cell = opts.output_cell(run.info, predictor.image_size)
+        for i, answer in zip(todo, run.answers):
+            with staged(planned[i]) as tmp:
+                result.results.append(
+                    write_answer(answer.blocks(), run.info, preview, answer.question, model_name, tmp, opts, cell)
+                )
+            result.results[-1].paths = planned[i]
+    result.results.extend(skipped)
+    return result

@@ -16,6 +16,7 @@ from segearth import SegEarthR1, small_config
 from segearth.checkpoint import save_pretrained
 from segearth.data import Sample
 from segearth.evaluate import ColourPrior, eval_command, evaluate, run_eval, standard_baselines
+from segearth.geo.letterbox import Letterbox
 from segearth.predictor import Prediction, Predictor
 from segearth.report import REPORT_FILES
 from segearth.tokenizer import byte_level_tokenizer
@@ -65,13 +66,14 @@ class StubPredictor:
         self.set_image_calls = 0
         self.questions: list[str] = []
 
-    def set_image(self, canvas: np.ndarray) -> None:
-        assert canvas.shape == (self.image_size, self.image_size, 3)
+    def set_image(self, image: np.ndarray) -> None:
+        assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
+        self.box = Letterbox.fit(image.shape[0], image.shape[1], self.image_size)
         self.set_image_calls += 1
 
     def predict(self, question: str) -> Prediction:
         self.questions.append(question)
-        return Prediction(question, torch.full((self.image_size // 4, self.image_size // 4), self.logit))
+        return Prediction(question, torch.full((self.image_size // 4, self.image_size // 4), self.logit), self.box)
 
 
 def make_sample(tmp_path: Path, name: str, image: np.ndarray, mask: np.ndarray, kind: str = "referring",

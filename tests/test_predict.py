@@ -48,7 +48,7 @@ def test_cached_prediction_equals_the_full_forward(predictor):
     canvas = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)
     predictor.set_image(canvas)
     for q in ("where could a boat travel?", "the roads", "which buildings are tallest?"):
-        cached, full = predictor.predict(q).logits, predictor.predict_uncached(q).logits
+        cached, full = predictor.predict(q).low_res_logits, predictor.predict_uncached(q).low_res_logits
         assert cached.shape == (64, 64)
         assert torch.allclose(cached, full, atol=1e-5)
     # a second image replaces the cache
@@ -57,9 +57,9 @@ def test_cached_prediction_equals_the_full_forward(predictor):
 
 
 def test_predictor_input_errors(predictor):
-    with pytest.raises(ValueError, match=r"RGB canvas of shape \[256, 256, 3\]"):
-        predictor.set_image(np.zeros((100, 100, 3), np.uint8))
-    predictor.set_image(np.zeros((256, 256, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"RGB image of shape \[H, W, 3\]"):
+        predictor.set_image(np.zeros((100, 100), np.uint8))
+    predictor.set_image(np.zeros((100, 300, 3), np.uint8))
     with pytest.raises(ValueError, match="question is empty"):
         predictor.predict("   ")
     with pytest.raises(ValueError, match="tokens long; this model's context allows at most"):
@@ -79,7 +79,7 @@ def test_outputs_are_georeferenced_like_the_input(predictor, tmp_path, mode):
             assert m.crs == crs and m.transform == transform and (m.height, m.width) == shape
             assert m.dtypes[0] == "uint8" and set(np.unique(m.read(1))) <= {0, 255}
             assert m.tags()["question"] == r.question
-        collection = json.loads(r.geojson.read_text())
+        collection = json.loads(r.paths["geojson"].read_text())
         assert collection["type"] == "FeatureCollection"
         # GeoJSON is WGS84: every vertex inside the raster footprint reprojected to lon/lat
         from rasterio.warp import transform_bounds
@@ -93,9 +93,9 @@ def test_outputs_are_georeferenced_like_the_input(predictor, tmp_path, mode):
             assert south - 1e-6 <= min(ys) and max(ys) <= north + 1e-6
         import pyogrio
 
-        gdf_info = pyogrio.read_info(r.gpkg)
+        gdf_info = pyogrio.read_info(r.paths["gpkg"])
         assert gdf_info["features"] == len(collection["features"]) and r.polygons == gdf_info["features"]
-        assert r.preview.stat().st_size > 0
+        assert r.paths["preview"].stat().st_size > 0
 
 
 def test_nodata_is_never_inside_the_mask(predictor, tmp_path):
@@ -174,3 +174,91 @@ def test_cli_manifest_batch_reports_failures_and_continues(checkpoint, tmp_path)
     assert "missing.tif" in result.output and "1 item(s) failed" in result.output
     assert (out / "roads_mask.tif").is_file()
     assert len(list(out.glob("*_mask.tif"))) == 2
+
+
+def test_cli_same_question_twice_is_answered_once(checkpoint, tmp_path):
+    src = _raster("spacenet_rgb_uint8.tif")
+    result = CliRunner().invoke(app, ["predict", str(src), "the roads", "the roads", "-m", str(checkpoint),
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert len(list(tmp_path.glob("*_mask.tif"))) == 1
+
+
+@pytest.mark.parametrize("output", ["../escaped", "/tmp/segearth-escaped", "a/../../escaped"])
+def test_cli_manifest_outputs_stay_inside_out(checkpoint, tmp_path, output):
+    good = _raster("spacenet_rgb_uint8.tif")
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text(f"image,question,output\n{good},the roads,{output}\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["predict", str(manifest), "-m", str(checkpoint), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "line 2" in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.rglob("*escaped*"))
+
+
+def test_cli_manifest_output_in_a_new_subfolder(checkpoint, tmp_path):
+    good = _raster("spacenet_rgb_uint8.tif")
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text(f"image,question,output\n{good},the roads,nosuchdir/roads\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["predict", str(manifest), "-m", str(checkpoint), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "nosuchdir" / "roads_mask.tif").is_file()
+
+
+def test_cli_full_disk_is_one_line_and_leaves_no_file(checkpoint, tmp_path, monkeypatch):
+    import errno
+
+    import segearth.predict as predict_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(predict_module, "write_geojson", full)
+    src = _raster("spacenet_rgb_uint8.tif")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["predict", str(src), "the roads", "-m", str(checkpoint), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "No space left on device" in result.output and "Traceback" not in result.output
+    assert [p for p in out.rglob("*")] == []
+
+
+def test_cli_decompression_bomb_is_refused_from_the_header(checkpoint, tmp_path):
+    import time
+
+    bomb = tmp_path / "bomb.tif"
+    with rasterio.open(bomb, "w", driver="GTiff", width=100_000, height=100_000, count=1, dtype="uint8",
+                       tiled=True, compress="deflate", sparse_ok=True, BIGTIFF="YES") as dst:
+        dst.write(np.full((1, 16, 16), 7, np.uint8), window=rasterio.windows.Window(0, 0, 16, 16))
+    assert bomb.stat().st_size < 5_000_000
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["predict", str(bomb), "the water", "-m", str(checkpoint), "--out",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "100000x100000" in result.output.replace(" ", "") or "10,000,000,000" in result.output
+    assert time.monotonic() - start < 30  # header only: no pixel is read (the limit is generous for busy CI)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_cli_typed_choices_are_refused_before_any_work(tmp_path):
+    result = CliRunner().invoke(app, ["predict", "x.tif", "q", "--mode", "pyramid"])
+    assert result.exit_code == 2 and "pyramid" in result.output
+    result = CliRunner().invoke(app, ["predict", "x.tif", "q", "--dtype", "int4"])
+    assert result.exit_code == 2 and "int4" in result.output
+
+
+def test_batched_questions_equal_one_by_one(predictor):
+    image = (np.random.default_rng(3).random((120, 260, 3)) * 255).astype(np.uint8)
+    questions = ["where could a boat travel?", "the roads", "x", "which buildings are tallest, and why?"]
+    predictor.set_image(image)
+    batched = predictor.predict_batch(questions)
+    for q, b in zip(questions, batched):
+        single = predictor.predict(q)
+        full = predictor.predict_uncached(q)
+        assert b.question == q
+        assert torch.allclose(b.low_res_logits, full.low_res_logits, atol=1e-5)
+        assert torch.allclose(single.low_res_logits, full.low_res_logits, atol=1e-5)
+    # a new image drops the prefix cache of the old one
+    predictor.set_image(255 - image)
+    assert torch.allclose(predictor.predict_batch(["the roads", "x"])[1].low_res_logits,
+                          predictor.predict_uncached("x").low_res_logits, atol=1e-5)

@@ -45,6 +45,7 @@ from rasterio.windows import Window
 
 from segearth.geo.letterbox import Letterbox, fit_long_side, letterbox  # re-exported: preprocessing API
 from segearth.geo.paths import as_source, describe_source, is_remote, source_name
+from segearth.options import DEFAULT_MAX_PIXELS  # defined with the CLI's options, which must import fast
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "Letterbox", "RasterInfo", "RasterInputError", "SceneImage", "Stretch",
@@ -53,9 +54,6 @@ __all__ = [
 ]
 
 STATS_SIZE = 1024  # long side of the decimated read used for the stretch statistics
-# 1.5 gigapixels (~39k x 39k): a full-resolution uint8 mask of that is 1.5 GB before
-# compression and tile mode runs thousands of windows; larger needs a deliberate opt-in.
-DEFAULT_MAX_PIXELS = 1_500_000_000
 
 
 class RasterInputError(ValueError):

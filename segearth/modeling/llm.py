@@ -76,9 +76,19 @@ class PhiLanguageModel(nn.Module):
         device = self.phi.embed_tokens.weight.device
         self.phi.rotary_emb = PhiRotaryEmbedding(self.phi.config).to(device)
 
-    def new_cache(self) -> DynamicCache:
-        """An empty key/value cache for :meth:`forward`."""
-        return DynamicCache(config=self.phi.config)
+    def new_cache(self, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None, batch: int = 1) -> DynamicCache:
+        """A key/value cache for :meth:`forward`: empty, or holding ``prefix`` (see :meth:`cache_prefix`)
+        repeated ``batch`` times. The prefix tensors are expanded, not copied, and never written to:
+        continuing the cache concatenates into new tensors."""
+        if prefix is None:
+            return DynamicCache(config=self.phi.config)
+        data = [(k.expand(batch, *k.shape[1:]), v.expand(batch, *v.shape[1:])) for k, v in prefix]
+        return DynamicCache(ddp_cache_data=data, config=self.phi.config)
+
+    @staticmethod
+    def cache_prefix(cache: Cache, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``length`` positions of every layer's keys and values (views of ``cache``)."""
+        return [(layer.keys[:, :, :length], layer.values[:, :, :length]) for layer in cache.layers]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids [...] -> embeddings [..., D]."""
