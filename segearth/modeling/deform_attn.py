@@ -1,8 +1,11 @@
 """Multi-scale deformable attention (Deformable DETR) in pure PyTorch.
 
-The official code compiles a CUDA kernel and falls back to a ``grid_sample`` path when it is
-missing; both use the same convention (bilinear, zero padding, pixel centres at +0.5), which is
-what :func:`multi_scale_deformable_sampling` implements. It runs on any device and dtype.
+The official code compiles a CUDA kernel (with a slow ``grid_sample`` fallback); both sample
+bilinearly with zero padding and pixel centres at +0.5 (``grid_sample``'s ``align_corners=False``)
+and compute in fp32. :func:`multi_scale_deformable_sampling` follows that convention without
+``grid_sample``: each sample becomes four weighted reads of one flat table that holds every level,
+head and image, and a single ``embedding_bag`` per chunk of queries does all the reads and the
+weighted sum. It runs on any device and dtype.
 """
 
 from __future__ import annotations
@@ -10,6 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# Bilinear corner reads per chunk of queries: bounds the index/weight tensors (~25 MB) and keeps
+# them in cache; much smaller chunks pay per-op overhead instead.
+_CORNERS_PER_CHUNK = 1 << 20
 
 
 def multi_scale_deformable_sampling(
@@ -23,24 +30,89 @@ def multi_scale_deformable_sampling(
     Args:
         value: [B, sum(H*W), heads, head_dim]
         spatial_shapes: (H, W) per level, in the order the levels are concatenated.
-        sampling_locations: [B, Q, heads, levels, points, 2] as (x, y) in [0, 1].
+        sampling_locations: [B, Q, heads, levels, points, 2] as (x, y) in [0, 1]; outside the map
+            reads zeros. Non-finite locations read zeros too (``grid_sample`` would give NaN).
         attention_weights: [B, Q, heads, levels, points], softmax-normalised over levels*points.
     Returns:
-        [B, Q, heads * head_dim]
+        [B, Q, heads * head_dim] in the dtype of ``value``, computed in fp32.
     """
     b, _, heads, head_dim = value.shape
     _, q, _, levels, points, _ = sampling_locations.shape
-    per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
-    grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1] with align_corners=False
-    sampled = []
+    if len(spatial_shapes) != levels:
+        raise ValueError(f"{len(spatial_shapes)} spatial shapes for {levels} sampling levels")
+    table, origins = _framed_table(value, spatial_shapes)
+    chunk = max(1, min(q, _CORNERS_PER_CHUNK // (b * heads * levels * points * 4)))
+    # Table row of pixel (0, 0) of each level for every (image, head), laid out like a chunk's
+    # samples so that the index arithmetic below never broadcasts over short inner dimensions
+    # (those loops run ~10x slower than contiguous ones on CPU).
+    head = torch.arange(heads, device=value.device).view(1, 1, heads, 1)
+    origins = [(origin * heads + head).expand(b, chunk, heads, points).contiguous() for origin in origins]
+    out = table.new_empty(b, q, heads * head_dim)
+    for i in range(0, q, chunk):
+        out[:, i : i + chunk] = _sample_chunk(
+            table, spatial_shapes, origins, sampling_locations[:, i : i + chunk], attention_weights[:, i : i + chunk]
+        )
+    return out.to(value.dtype)
+
+
+def _framed_table(value: torch.Tensor, spatial_shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """[B, S, heads, d] -> (fp32 table [B * S' * heads, d], per level the [B, 1, 1, 1] pixel index
+    of its pixel (0, 0)), each level framed by zeros: one row/column before, two after.
+
+    The frame makes zero padding free: a coordinate clamped to [-1, W] only reads corners inside
+    the frame, and those outside the map read zeros, so no validity mask is needed. Two trailing
+    rows/columns because a coordinate clamped to exactly W still reads corner W + 1 (weight 0).
+    """
+    b, _, heads, d = value.shape
+    rows = sum((h + 3) * (w + 3) for h, w in spatial_shapes)
+    table = value.new_zeros(b, rows, heads * d, dtype=torch.float32)  # fp32 whatever the model dtype
+    starts, start = [], 0
+    for v, (h, w) in zip(value.split([h * w for h, w in spatial_shapes], dim=1), spatial_shapes):
+        framed = table[:, start : start + (h + 3) * (w + 3)].view(b, h + 3, w + 3, heads * d)
+        framed[:, 1 : h + 1, 1 : w + 1] = v.reshape(b, h, w, heads * d)
+        starts.append(start + (w + 3) + 1)  # skip the top frame row and the left frame column
+        start += (h + 3) * (w + 3)
+    image = torch.arange(b, device=value.device).view(b, 1, 1, 1) * rows
+    return table.view(-1, d), [image + s for s in starts]
+
+
+def _sample_chunk(
+    table: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    origins: list[torch.Tensor],
+    locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """[B, q, heads, levels, points, 2] locations -> [B, q, heads * d] weighted samples."""
+    b, q, heads = locations.shape[:3]
+    locations, attention_weights = locations.float(), attention_weights.float()
+    indices, weights = [], []
     for lvl, (h, w) in enumerate(spatial_shapes):
-        v = per_level[lvl].flatten(2).transpose(1, 2).reshape(b * heads, head_dim, h, w)
-        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)  # [B*heads, Q, points, 2]
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)  # [B*heads, head_dim, Q, levels*points]
-    weights = attention_weights.transpose(1, 2).reshape(b * heads, 1, q, levels * points)
-    out = (stacked * weights).sum(-1).view(b, heads * head_dim, q)
-    return out.transpose(1, 2)
+        x0, fx = _corner(locations[:, :, :, lvl, :, 0], w)
+        y0, fy = _corner(locations[:, :, :, lvl, :, 1], h)
+        # Table rows are (pixel, head) pairs: one pixel step is ``heads`` rows, one image row
+        # (frame included) is (w + 3) pixels.
+        down = (w + 3) * heads
+        top_left = x0 * heads + y0 * down + origins[lvl][:, :q]
+        indices += [top_left, top_left + heads, top_left + down, top_left + (down + heads)]
+        # Fold the attention weight into the bilinear corner weights: the bag's weighted sum then
+        # does the interpolation and the attention at once, with no [.., levels*points, d] tensor.
+        top, bottom = (1 - fy) * attention_weights[:, :, :, lvl], fy * attention_weights[:, :, :, lvl]
+        weights += [top * (1 - fx), top * fx, bottom * (1 - fx), bottom * fx]
+    bags = b * q * heads
+    out = F.embedding_bag(
+        torch.stack(indices, 3).view(bags, -1), table, per_sample_weights=torch.stack(weights, 3).view(bags, -1), mode="sum"
+    )
+    return out.view(b, q, -1)
+
+
+def _corner(coord: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised coordinate -> (integer pixel left of/above it, fractional offset from that pixel)."""
+    pix = coord * size - 0.5  # align_corners=False: pixel i covers [i, i + 1), centre at i + 0.5
+    # Into the zero frame: at -1 or ``size`` only zeros are read. ``where`` also sends NaN to -1.
+    pix = torch.where(pix > -1, pix, -1.0).clamp(max=size)
+    corner = pix.floor()
+    return corner.long(), pix - corner
 
 
 class MSDeformAttn(nn.Module):
@@ -69,8 +141,10 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(b, q, self.heads, self.levels, self.points, 2)
         weights = self.attention_weights(query).view(b, q, self.heads, self.levels * self.points)
         weights = weights.softmax(-1).view(b, q, self.heads, self.levels, self.points)
-        # Offsets are in pixels of each level: normalise by (W, H).
-        wh = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
-        locations = reference_points[:, :, None, :, None, :] + offsets / wh[None, None, None, :, None, :]
+        # Offsets are in pixels of each level: normalise by (W, H). Locations are fp32 whatever the
+        # model dtype, as in the official code (fp32 reference points): a bf16 location near 1 on a
+        # 128-wide map would be rounded by up to a quarter of a pixel.
+        wh = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=torch.float32, device=query.device)
+        locations = reference_points.float()[:, :, None, :, None, :] + offsets.float() / wh[None, None, None, :, None, :]
         out = multi_scale_deformable_sampling(value, spatial_shapes, locations, weights)
         return self.output_proj(out)

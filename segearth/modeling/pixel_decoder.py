@@ -63,15 +63,19 @@ class DeformableTransformer(nn.Module):
         )
 
     @staticmethod
-    def reference_points(shapes: list[tuple[int, int]], device, dtype) -> torch.Tensor:
-        """Pixel centres ((x+0.5)/W, (y+0.5)/H) of every token, shared by all levels: [1, S, L, 2]."""
+    def reference_points(shapes: list[tuple[int, int]], device) -> torch.Tensor:
+        """Pixel centres ((x+0.5)/W, (y+0.5)/H) of every token, shared by all levels: [1, S, L, 2].
+
+        Always fp32, as in the official code: bf16 rounds the centres of maps whose side is not a
+        power of two (by up to a fifth of a pixel at 96 wide).
+        """
         refs = []
         for h, w in shapes:
             ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h
             xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w
             ref_y, ref_x = torch.meshgrid(ys, xs, indexing="ij")
             refs.append(torch.stack((ref_x.reshape(-1), ref_y.reshape(-1)), -1))
-        ref = torch.cat(refs, 0).to(dtype)
+        ref = torch.cat(refs, 0)
         return ref[None, :, None, :].expand(1, ref.shape[0], len(shapes), 2)
 
     def forward(self, srcs: list[torch.Tensor], pos: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -80,7 +84,7 @@ class DeformableTransformer(nn.Module):
         pos_flat = torch.cat(
             [p.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1) for i, p in enumerate(pos)], 1
         )
-        ref = self.reference_points(shapes, src.device, src.dtype)
+        ref = self.reference_points(shapes, src.device)
         for layer in self.encoder.layers:
             src = layer(src, pos_flat, ref, shapes)
         return src, shapes
