@@ -9,6 +9,11 @@ Official key names are mapped onto our module tree by :data:`KEY_RULES`; the fus
 official model saves but never uses for the mask are accepted and dropped (:data:`UNUSED_KEYS`).
 Everything else must match: a load fails with one message listing every missing, unexpected or
 mis-shaped key.
+
+Loading never holds the weights twice: the config is checked (:mod:`.config_checks`), the model is
+built on the meta device and bounded in size, the key plan is made from the safetensors headers, and
+only then is each tensor read (:mod:`.checkpoint_io`), converted and split on its own, and assigned
+as the parameter.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .checkpoint_io import CheckpointError, CheckpointTensors, InMemoryTensors, open_weights, read_config
 from .config import SegEarthConfig, config_from_dict, config_from_official, official_config_json
+from .config_checks import MAX_PARAMETERS, ConfigError, validate_config
 from .modeling.llm import fuse_qkv, split_fused_qkv
 from .modeling.segearth_r1 import SegEarthR1
 
@@ -51,10 +57,6 @@ UNUSED_KEYS = re.compile(
 # Deterministic buffers we recompute; checked for equality when present, optional otherwise.
 OPTIONAL_KEYS = re.compile(r"\.relative_position_index$")
 _FUSED_QKV = re.compile(r"^(model\.layers\.\d+\.self_attn\.)query_key_value\.(weight|bias)$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the model; the message lists every problem."""
 
 
 def map_key(official: str) -> str | None:
@@ -133,23 +135,6 @@ def plan_load(
 _VOCAB_KEYS = {"llm.phi.embed_tokens.weight", "llm.lm_head.weight"}
 
 
-def convert_state_dict(official: Mapping[str, torch.Tensor], num_heads: int) -> dict[str, torch.Tensor]:
-    """Official tensors -> our state dict (unused tensors dropped, fused qkv split)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, tensor in official.items():
-        if UNUSED_KEYS.match(key):
-            continue
-        targets = expand_official(key, tuple(tensor.shape), num_heads)
-        if len(targets) == 3:
-            for (ours, _), part in zip(targets, split_fused_qkv(tensor, num_heads)):
-                out[ours] = part
-        elif targets:
-            out[targets[0][0]] = tensor
-        else:
-            out[key] = tensor
-    return out
-
-
 def to_official_state_dict(model: SegEarthR1) -> dict[str, torch.Tensor]:
     """Our state dict in the official naming (fused qkv), for checkpoints the official code can read."""
     ours = model.state_dict()
@@ -191,64 +176,62 @@ def _official_name(key: str) -> str:
 
 
 def load_official_weights(model: SegEarthR1, official: Mapping[str, torch.Tensor], source: str = "checkpoint") -> LoadReport:
-    """Load official-format tensors into ``model`` strictly; raise :class:`CheckpointError` otherwise.
+    """Copy official-format tensors into ``model`` strictly; raise :class:`CheckpointError` otherwise.
 
     Frozen parts whose weights ship in an installed package (nano's MiniLM) may be absent.
     """
+    return load_weights(model, InMemoryTensors(official, source), source)
+
+
+def load_weights(
+    model: SegEarthR1,
+    tensors: CheckpointTensors,
+    source: str,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    assign: bool = False,
+) -> LoadReport:
+    """Load ``tensors`` into ``model`` one at a time, after a strict plan made from shapes alone.
+
+    ``assign=False`` copies into the model's own tensors (their dtype and device). ``assign=True``
+    is for a model built on the meta device: each tensor read (in ``dtype`` for floating ones, on
+    ``device``) becomes the parameter itself, so the weights exist once in memory.
+    """
     heads = model.cfg.llm.num_attention_heads
     packaged = model.packaged_keys()
-    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in packaged or k in official}
-    report = plan_load(model_shapes, {k: tuple(v.shape) for k, v in official.items()}, heads)
+    own = model.state_dict()
+    model_shapes = {k: tuple(v.shape) for k, v in own.items() if k not in packaged or k in tensors.shapes}
+    report = plan_load(model_shapes, tensors.shapes, heads)
     if not report.ok:
         raise CheckpointError(report.message(source))
-    converted = convert_state_dict(official, heads)
+    state: dict[str, torch.Tensor] = {}
+    recomputed: dict[str, torch.Tensor] = {}  # deterministic buffers: compared, never loaded
+    for key in tensors.keys():
+        if UNUSED_KEYS.match(key):
+            continue
+        targets = expand_official(key, tensors.shapes[key], heads) or [(key, tensors.shapes[key])]
+        like = own[targets[0][0]]
+        want = dtype if (assign and dtype is not None and like.is_floating_point()) else like.dtype
+        tensor = tensors.read(key, want)
+        parts = split_fused_qkv(tensor, heads) if len(targets) == 3 else (tensor,)
+        for (ours, _), part in zip(targets, parts):
+            if OPTIONAL_KEYS.search(ours):
+                recomputed[ours] = part
+            else:
+                state[ours] = part.to(device if assign and device is not None else like.device)
+        del tensor, parts  # the fused qkv is freed before the next read
+    model.load_state_dict(state, strict=False, assign=assign)
+    del state
+    if assign:
+        model.materialize_buffers()
+        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if left:  # a bug, not a user error: plan_load guarantees every key is covered
+            raise RuntimeError(f"left on the meta device after loading {source}: {', '.join(left[:5])}")
     own = model.state_dict()
-    for key in [k for k in converted if OPTIONAL_KEYS.search(k)]:
-        if not torch.equal(converted[key].to(own[key].device), own[key]):
+    for key, value in recomputed.items():
+        if not torch.equal(value.to(own[key].device), own[key]):
             raise CheckpointError(f"cannot load checkpoint {source}: {key} differs from the Swin window index")
-    model.load_state_dict(converted, strict=False)
     return report
-
-
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
-
-
-def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder (safetensors, sharded or not; or pickle-free .bin)."""
-    files = sorted(folder.glob("*.safetensors"))
-    tensors: dict[str, torch.Tensor] = {}
-    if files:
-        for f in files:
-            try:
-                with safe_open(str(f), framework="pt") as sf:
-                    for k in sf.keys():
-                        tensors[k] = sf.get_tensor(k)
-            except Exception as exc:  # safetensors raises its own error types for corrupt headers
-                raise CheckpointError(f"cannot read {f}: {exc}") from None
-        return tensors
-    bins = sorted(folder.glob("pytorch_model*.bin"))
-    if not bins:
-        raise CheckpointError(f"no weights in {folder}: expected *.safetensors or pytorch_model*.bin")
-    for f in bins:
-        try:
-            tensors.update(torch.load(f, map_location="cpu", weights_only=True))
-        except Exception as exc:  # UnpicklingError for a pickle that tries to run code
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(
-                f"refusing to load {f}: it is not a plain tensor file ({first}). "
-                "Only weights_only pickles are read; convert the checkpoint to safetensors."
-            ) from None
-    return tensors
-
-
-def read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{folder} is not a SegEarth-R1 checkpoint folder: config.json is missing")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
 
 
 def load_pretrained(
@@ -257,39 +240,74 @@ def load_pretrained(
     dtype: torch.dtype = torch.float32,
     image_size: int = 1024,
 ) -> SegEarthR1:
-    """Build and load a model from an official ``save_pretrained`` folder (or one of ours)."""
+    """Build and load a model from an official ``save_pretrained`` folder (or one of ours).
+
+    Order: config checked, weight headers read, model size bounded and the key plan checked, and
+    only then tensors read, each straight into its parameter.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     raw = read_config(folder)
-    weights = read_weights(folder)
-    if "segearth" in raw:  # written by segearth: the full config is stored
-        cfg = config_from_dict(raw["segearth"])
-    else:  # an official release: released sizes, LLM values from the file
-        cfg = config_from_official(raw, image_size=image_size)
-    vocab = weights.get("model.embed_tokens.weight")
-    if vocab is not None and vocab.shape[0] != cfg.llm.vocab_size:
-        # The vocabulary size follows the tensors (the official config and tensors can disagree).
-        cfg = replace(cfg, llm=replace(cfg.llm, vocab_size=vocab.shape[0]))
-    return build_and_load(cfg, weights, str(folder), device, dtype)
+    config_path = folder / "config.json"
+    validate_config(raw, config_path)
+    tensors = open_weights(folder)
+    try:
+        if "segearth" in raw:  # written by segearth: the full config is stored
+            cfg = config_from_dict(raw["segearth"])
+        else:  # an official release: released sizes, LLM values from the file
+            cfg = config_from_official(raw, image_size=image_size)
+        vocab = tensors.shapes.get("model.embed_tokens.weight")
+        if vocab is not None and vocab[0] != cfg.llm.vocab_size:
+            # The vocabulary size follows the tensors (the official config and tensors can disagree).
+            cfg = replace(cfg, llm=replace(cfg.llm, vocab_size=vocab[0]))
+    except ValueError as exc:  # cross-field rules of the config classes (e.g. heads divide the width)
+        raise ConfigError(f"{config_path}: {exc}") from None
+    return build_and_load(cfg, tensors, str(folder), device, dtype)
 
 
 def build_and_load(
     cfg: SegEarthConfig,
-    weights: Mapping[str, torch.Tensor],
+    weights: Mapping[str, torch.Tensor] | CheckpointTensors,
     source: str,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> SegEarthR1:
+    """A model of ``cfg`` holding ``weights`` (official naming), in ``dtype`` on ``device``."""
+    tensors = weights if isinstance(weights, CheckpointTensors) else InMemoryTensors(weights, source)
+    meta = check_model_size(cfg, source)
     if _loads_package_weights(cfg):  # pretrained parts read their files at construction
         model = SegEarthR1(cfg).to(device)
-    else:  # no time or memory spent on random initialisation of weights about to be replaced
-        with torch.device("meta"):
-            model = SegEarthR1(cfg)
-        model = model.to_empty(device=device)
-        model.materialize_buffers()
-    load_official_weights(model, weights, source)
+        load_weights(model, tensors, source)
+    else:  # no random initialisation, and no second copy of the weights
+        model = meta
+        load_weights(model, tensors, source, dtype=dtype, device=device, assign=True)
+    # Casts what loading did not (buffers; the fp32 model with packaged parts); a no-op for the rest.
     return model.to(dtype).eval()
+
+
+def check_model_size(cfg: SegEarthConfig, source: str) -> SegEarthR1:
+    """The model of ``cfg`` built on the meta device (nothing allocated); refused above
+    :data:`MAX_PARAMETERS` parameters or when the sizes do not fit together."""
+    plain = cfg
+    if _loads_package_weights(cfg):  # count an architecture-identical model that reads no files
+        plain = replace(cfg, vision=_no_package(cfg.vision), llm=_no_package(cfg.llm))
+    try:
+        with torch.device("meta"):
+            model = SegEarthR1(plain)
+    except (ValueError, RuntimeError, AssertionError, KeyError) as exc:
+        raise ConfigError(f"the config of {source} does not build a model: {exc}") from None
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise ConfigError(
+            f"the config of {source} describes a model of {count:,} parameters; "
+            f"refusing to build more than {MAX_PARAMETERS:,} (the released SegEarth-R1 has 1.6 billion)"
+        )
+    return model
+
+
+def _no_package(part):
+    return replace(part, pretrained=False) if getattr(part, "pretrained", False) else part
 
 
 def _loads_package_weights(cfg: SegEarthConfig) -> bool:

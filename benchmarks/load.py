@@ -1,0 +1,176 @@
+"""Checkpoint loading of the released-size model (Swin-B + Phi-1.5, 1.6 B parameters): wall time and
+peak RSS, for float32 and bfloat16 checkpoints loaded as float32 and bfloat16, by the current loader
+and by the previous one (kept here only: every tensor read through a safetensors memory map into a
+dict, a float32 model, a copy into it, then a cast).
+
+    python benchmarks/load.py [--dir /tmp] [--keep] [--only new]
+
+Writes a float32 and a bfloat16 checkpoint of random weights (about 10 GB; streamed to disk, one
+tensor in memory at a time), then loads each case in a fresh subprocess. "extra / params" is the
+peak RSS above the subprocess's baseline (Python, torch and segearth imported), divided by the bytes
+of the parameters in the target dtype; the target is <= 1.15. A case is skipped when the machine
+does not have the memory it would need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CASES = [("float32", "float32"), ("bfloat16", "bfloat16"), ("float32", "bfloat16"), ("bfloat16", "float32")]
+GB = 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", nargs=3, metavar=("METHOD", "FOLDER", "DTYPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, default=None, help="Where to write the checkpoints (default: temp).")
+    parser.add_argument("--keep", action="store_true", help="Keep the written checkpoints.")
+    parser.add_argument("--only", choices=("new", "old"), default=None, help="Run only one loader.")
+    args = parser.parse_args()
+    if args.child:
+        return child(*args.child)
+
+    import torch
+
+    from segearth.config import released_config
+
+    root = Path(tempfile.mkdtemp(prefix="segearth-load-", dir=args.dir))
+    try:
+        cfg = released_config()
+        numel = write_checkpoints(cfg, root)
+        methods = [args.only] if args.only else ["old", "new"]
+        print(f"released config, {numel:,} parameters; torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print("| checkpoint | target | loader | load s | baseline GB | peak GB | extra GB | params GB | extra / params |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for file_dtype, target in CASES:
+            param_bytes = numel * getattr(torch, target).itemsize
+            for method in methods:
+                need = _needed_bytes(method, numel, file_dtype, target)
+                if need > _available_bytes():
+                    print(f"| {file_dtype} | {target} | {method} | skipped: needs ~{need / GB:.1f} GB, "
+                          f"{_available_bytes() / GB:.1f} GB available | | | | | |", flush=True)
+                    continue
+                out = subprocess.run([sys.executable, __file__, "--child", method, str(root / file_dtype), target],
+                                     capture_output=True, text=True, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                extra = r["peak"] - r["baseline"]
+                print(f"| {file_dtype} | {target} | {method} | {r['seconds']:.1f} | {r['baseline'] / GB:.2f} | "
+                      f"{r['peak'] / GB:.2f} | {extra / GB:.2f} | {param_bytes / GB:.2f} | {extra / param_bytes:.2f} |",
+                      flush=True)
+    finally:
+        if args.keep:
+            print(f"checkpoints kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def write_checkpoints(cfg, root: Path) -> int:
+    """float32 and bfloat16 checkpoints of random weights, written tensor by tensor; returns the
+    parameter count."""
+    import torch
+
+    from segearth.checkpoint import OPTIONAL_KEYS, to_official_state_dict
+    from segearth.config import official_config_json
+    from segearth.modeling.segearth_r1 import SegEarthR1
+
+    with torch.device("meta"):
+        model = SegEarthR1(cfg)
+    shapes = {k: tuple(v.shape) for k, v in to_official_state_dict(model).items() if not OPTIONAL_KEYS.search(k)}
+    for dtype, name in ((torch.float32, "F32"), (torch.bfloat16, "BF16")):
+        folder = root / str(dtype).removeprefix("torch.")
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(official_config_json(cfg)))
+        header, offset = {}, 0
+        for key, shape in shapes.items():
+            size = dtype.itemsize
+            for d in shape:
+                size *= d
+            header[key] = {"dtype": name, "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        text = json.dumps(header).encode()
+        text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
+        gen = torch.Generator().manual_seed(0)
+        with open(folder / "model.safetensors", "wb") as f:
+            f.write(struct.pack("<Q", len(text)) + text)
+            for key, shape in shapes.items():
+                t = (torch.randn(shape, generator=gen) * 0.02).to(dtype)
+                f.write(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return sum(p.numel() for p in model.parameters())
+
+
+def child(method: str, folder: str, target: str) -> None:
+    import torch
+
+    from segearth import checkpoint  # noqa: F401  (imported before the baseline is taken)
+
+    dtype = getattr(torch, target)
+    baseline = _peak_rss()
+    start = time.perf_counter()
+    model = (checkpoint.load_pretrained if method == "new" else old_load)(Path(folder), dtype=dtype)
+    seconds = time.perf_counter() - start
+    assert all(p.dtype == dtype for p in model.parameters())
+    print(json.dumps({"seconds": seconds, "baseline": baseline, "peak": _peak_rss()}))
+
+
+def old_load(folder: Path, dtype):
+    """The loader before streaming: a dict of every tensor (memory-mapped), a float32 model, a copy, a cast."""
+    import torch
+    from safetensors import safe_open
+
+    from segearth.checkpoint import UNUSED_KEYS, expand_official
+    from segearth.config import config_from_dict
+    from segearth.modeling.llm import split_fused_qkv
+    from segearth.modeling.segearth_r1 import SegEarthR1
+
+    weights = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as sf:
+            for k in sf.keys():
+                weights[k] = sf.get_tensor(k)
+    cfg = config_from_dict(json.loads((folder / "config.json").read_text())["segearth"])
+    with torch.device("meta"):
+        model = SegEarthR1(cfg)
+    model = model.to_empty(device="cpu")
+    model.materialize_buffers()
+    heads = cfg.llm.num_attention_heads
+    converted = {}
+    for key, tensor in weights.items():
+        if UNUSED_KEYS.match(key):
+            continue
+        targets = expand_official(key, tuple(tensor.shape), heads)
+        parts = split_fused_qkv(tensor, heads) if len(targets) == 3 else (tensor,)
+        for (ours, _), part in zip(targets, parts):
+            converted[ours] = part
+    model.load_state_dict(converted, strict=False)
+    return model.to(dtype).eval()
+
+
+def _needed_bytes(method: str, numel: int, file_dtype: str, target: str) -> float:
+    size = {"float32": 4, "bfloat16": 2}
+    if method == "new":
+        return numel * size[target] * 1.15 + 1 * GB
+    return numel * (size[file_dtype] + 4 + size[target]) + 1 * GB  # map + float32 model + cast
+
+
+def _available_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+if __name__ == "__main__":
+    main()
