@@ -5,8 +5,10 @@ and returns a :class:`RasterRun` whose answers stream full-resolution logit bloc
 where the input has no data (or no tile reached), never a full-size array unless a consumer builds
 one. Memory is bounded by the block or tile size, not by the raster:
 
-* ``scene``: one prediction on a decimated overview read into the model's letterbox; the overview's
-  logits are upsampled to full resolution block by block (fast, sees the whole scene, coarse edges);
+* ``scene``: one prediction on the whole scene letterboxed to the model's input (read at full
+  resolution up to 16 megapixels, as the official preprocessing does; larger rasters are decimated
+  by GDAL while reading); the logits are upsampled to full resolution block by block (fast, sees the
+  whole scene, coarse edges);
 * ``tiles``: predictions on full-resolution windows blended in the overlaps (small targets, sharp
   edges, each tile sees only its own context).
 
@@ -32,6 +34,7 @@ from .options import Mode, choice
 from .predictor import Predictor
 
 Blocks = Iterator[tuple[Window, np.ndarray]]
+NATIVE_SCENE_PIXELS = 4096 * 4096  # scene mode reads rasters up to this size at full resolution
 Progress = Callable[[int], None]  # called with the number of finished model calls
 
 
@@ -86,7 +89,7 @@ class RasterRun:
     source: str | Path
     info: RasterInfo
     stretch: Stretch
-    overview: SceneImage  # the model-size overview (the scene-mode input)
+    overview: SceneImage  # the scene-mode input (full resolution up to NATIVE_SCENE_PIXELS)
     answers: list[RasterAnswer] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     _stitchers: list[LogitStitcher] = field(default_factory=list)
@@ -136,7 +139,10 @@ def run_raster(
     size = predictor.image_size
     tick = progress or (lambda n: None)
     stretch = compute_stretch(source, opts.bands, percentiles=opts.percentiles)
-    overview = read_overview(source, size, params=stretch)
+    # Up to NATIVE_SCENE_PIXELS the scene is read whole and resized by the letterbox, exactly as the
+    # official preprocessing (and `segearth eval`) does; larger rasters are decimated by GDAL while reading.
+    native = info.width * info.height <= NATIVE_SCENE_PIXELS
+    overview = read_overview(source, max(info.width, info.height) if native else size, params=stretch)
     if not overview.valid.any():
         raise RasterInputError(f"{info.name}: every pixel is nodata")
     run = RasterRun(source, info, stretch, overview, notices=list(overview.notices))

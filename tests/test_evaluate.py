@@ -206,3 +206,21 @@ def test_command_line_and_errors(synthetic_dubai: Path, checkpoint: Path, tmp_pa
         assert failed.exit_code == 2 and message in failed.output, failed.output
     missing = runner.invoke(app, ["-d", "earthreason", "--data-root", str(tmp_path), "-m", str(checkpoint)])
     assert missing.exit_code == 2 and "EarthReason" in missing.output
+
+
+def test_eval_scores_exactly_the_mask_predict_writes(tmp_path: Path, predictor: Predictor) -> None:
+    """One pipeline: the mask `segearth eval` scores (native protocol) is the file `segearth predict` writes."""
+    import rasterio
+
+    from segearth.predict import PredictOptions, predict_raster
+
+    image = np.random.default_rng(7).integers(0, 256, (90, 140, 3), dtype=np.uint8)
+    png = write_raster(tmp_path / "scene.png", np.moveaxis(image, -1, 0))
+    question = "where is scene?"  # make_sample's question for the name "scene"
+    written = predict_raster(predictor, png, [question], PredictOptions(out_dir=tmp_path / "out"), "tiny")
+    with rasterio.open(written.results[0].mask) as m:
+        mask = m.read(1) == 255
+    assert 0 < mask.sum() < mask.size  # a trivial all/nothing mask would match by accident
+    result = evaluate(predictor, [make_sample(tmp_path, "scene", image, mask)], "native", baselines=[])
+    record = result.records[0]
+    assert record.iou == 1.0 and record.predicted_pixels == mask.sum() == record.target_pixels
