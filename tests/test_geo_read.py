@@ -275,3 +275,21 @@ def test_pixel_limit_refuses_from_the_header(tmp_path: Path) -> None:
     assert open_raster(path, max_pixels=10**10).pixels == 10**10  # the limit itself is allowed
     with pytest.raises(RasterInputError, match="above the limit of 1,000 pixels"):
         open_raster(make_raster(tmp_path / "small.tif", np.zeros((1, 40, 40), np.uint8)), max_pixels=1000)
+
+
+@pytest.mark.parametrize("h, w", [(301, 517), (512, 512), (1000, 700)])  # (512, 512) -> 256: OpenCV's 2x case
+def test_letterbox_resize_is_the_official_opencv_one(h: int, w: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import cv2
+
+    image = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    canvas, box = letterbox(image, 256)
+    placed = canvas[box.top : box.top + box.new_h, box.left : box.left + box.new_w]
+    official = cv2.resize(image, (box.new_w, box.new_h), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(placed, official)
+    # Without OpenCV: torch's bilinear, the same geometry within one grey level.
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    fallback, _ = letterbox(image, 256)
+    diff = np.abs(fallback.astype(int) - canvas.astype(int))
+    assert diff.max() <= 1 + (h == 2 * 256)  # OpenCV averages 2x2 blocks for an exact 2x reduction

@@ -5,10 +5,12 @@ the short side is ``int(short * size / long)`` (truncation, not rounding), and t
 centred on a zero canvas with ``top = pad_h // 2`` and ``left = pad_w // 2``. Mean/std
 normalisation is the model's job, not done here.
 
-The resize is ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``
-without antialiasing, i.e. half-pixel centres like OpenCV's ``INTER_LINEAR``. The results
-agree with ``cv2.resize`` to within ±1 grey level (OpenCV uses 11-bit fixed-point weights and
-rounds differently), which keeps this module free of an OpenCV dependency.
+The image resize is the official one, ``cv2.resize(..., INTER_LINEAR)``, when OpenCV is installed
+(``pip install 'segearth[exact]'``): the model then sees bit for bit what the official preprocessing
+feeds it. OpenCV's uint8 path uses 11-bit fixed-point weights with SIMD rounding (and switches to
+area averaging for exact 2x reductions), which no float formula reproduces. Without OpenCV the
+resize is ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` without
+antialiasing — the same half-pixel geometry, within ±1 grey level of OpenCV.
 """
 
 from __future__ import annotations
@@ -98,12 +100,18 @@ def letterbox(image: np.ndarray, size: int = 1024) -> tuple[np.ndarray, Letterbo
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     box = Letterbox.fit(*image.shape[:2], size)
     new_h, new_w, top, left = box.new_h, box.new_w, box.top, box.left
-    if (new_h, new_w) == image.shape[:2]:
-        resized = image
-    else:
-        chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(torch.float32)
-        out = F.interpolate(chw, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)
-        resized = out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    resized = image if (new_h, new_w) == image.shape[:2] else resize_rgb(image, new_h, new_w)
     canvas = np.zeros((size, size, 3), dtype=np.uint8)
     canvas[top : top + new_h, left : left + new_w] = resized
     return canvas, box
+
+
+def resize_rgb(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """Bilinear resize of ``(H, W, 3)`` uint8: OpenCV's ``INTER_LINEAR`` if installed (see module docstring)."""
+    try:
+        import cv2
+    except ImportError:
+        chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(torch.float32)
+        out = F.interpolate(chw, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)
+        return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
