@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from .geo.read import DEFAULT_MAX_PIXELS, RasterInfo
-from .options import DType, Mode, Task, choice
+from .options import DType, Mode, Quantize, Task, choice
 from .pipeline import RunOptions, run_raster
 from .predictor import Predictor, Scores, sigmoid
 
@@ -35,15 +36,26 @@ MAX_RESULT_PIXELS = 200_000_000  # 800 MB of float32 logits per answer
 
 
 def load_predictor(model: str | Path | None = None, task: str = "reasoning", device: str = "cpu",
-                   dtype: str = "float32") -> tuple[Predictor, str]:
-    """A :class:`Predictor` for ``model`` (built-in name, folder or hub id) and the model's display name."""
+                   dtype: str = "auto", quantize: str = "none") -> tuple[Predictor, str]:
+    """A :class:`Predictor` for ``model`` (built-in name, folder or hub id) and the model's display name.
+
+    ``dtype="auto"`` is float32 on CPUs without native bf16 (faster there), bfloat16 on CUDA and AMX CPUs;
+    ``quantize="int8"`` stores the Linear weights as int8 (CPU, float32; see :mod:`segearth.quantize`).
+    """
     from .checkpoint import load_model_and_tokenizer
     from .weights import resolve_model
 
-    torch_dtype = choice(DType, dtype, "dtype").torch()
+    quantize = choice(Quantize, quantize, "quantize")
+    chosen = choice(DType, dtype, "dtype")
+    # int8 quantises a float32 model, so "auto" means float32 then
+    torch_dtype = torch.float32 if quantize is Quantize.int8 and chosen is DType.auto else chosen.torch(device)
     task = choice(Task, task, "task").value
     folder = resolve_model(model)
     net, tokenizer = load_model_and_tokenizer(folder, device=device, dtype=torch_dtype)
+    if quantize is Quantize.int8:
+        from .quantize import quantize_int8
+
+        net = quantize_int8(net)
     return Predictor(net, tokenizer, task=task), display_name(model)
 
 
@@ -56,10 +68,10 @@ def display_name(model: str | Path | None) -> str:
     return str(model)
 
 
-def load(model: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32",
-         task: str = "reasoning") -> SegEarth:
+def load(model: str | Path | None = None, *, device: str = "cpu", dtype: str = "auto", task: str = "reasoning",
+         quantize: str = "none") -> SegEarth:
     """Load a model: ``None``/``"nano"`` (built-in), a checkpoint folder, or a hub id ``org/name[@revision]``."""
-    predictor, name = load_predictor(model, task=task, device=device, dtype=dtype)
+    predictor, name = load_predictor(model, task=task, device=device, dtype=dtype, quantize=quantize)
     return SegEarth(predictor, name)
 
 

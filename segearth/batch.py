@@ -1,6 +1,7 @@
 """``segearth predict``: resolve the inputs (file, URL, folder, glob, CSV manifest), check what is cheap
 to check, load the model once, run every job with a progress bar, and report per-item failures
-without stopping the batch."""
+without stopping the batch. With ``--ray`` the jobs run on a Ray cluster instead (:mod:`segearth.scale`),
+through the same :func:`run_job` and summary."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -16,13 +18,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .api import load_predictor
-from .geo.paths import confined_output, is_remote, source_name
+from .geo.paths import confined_output, is_remote, output_stem, source_name
 from .predict import PredictOptions, RasterResult, predict_raster
-from .pipeline import check_raster, work_units
+from .pipeline import Progress as Tick, check_raster, work_units
 
-__all__ = ["load_predictor", "parse_bands", "read_manifest", "resolve_jobs", "run_predict_command"]
+if TYPE_CHECKING:
+    from .predictor import Predictor
+    from .scale import ScaleOptions
+
+__all__ = ["load_predictor", "parse_bands", "read_manifest", "resolve_jobs", "run_job", "run_predict_command"]
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".img", ".vrt"}
+ITEM_ERRORS = (ValueError, OSError)  # a bad raster or an unwritable output fails its batch item, not the batch
 
 
 @dataclass
@@ -36,6 +43,11 @@ class Job:
 class BatchReport:
     done: list[RasterResult] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    earlier: list[tuple[str, str]] = field(default_factory=list)  # (image, question) finished by an earlier run
+
+    def fail(self, name: str, message: str, console: Console) -> None:
+        self.failed.append((name, message))
+        console.print(f"[red]skipped[/] {escape(name)}: {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:
@@ -123,42 +135,63 @@ def ensure_writable(folder: Path) -> None:
         raise PermissionError(f"output folder {folder} is not writable")
 
 
+def job_stems(job: Job, opts: PredictOptions, model_name: str) -> list[str]:
+    """Output stem per question: the manifest's name where it gives one, else derived (see ``output_stem``)."""
+    given = job.stems or [None] * len(job.questions)
+    return [s or output_stem(job.image, q, mode=opts.mode.value, model=model_name) for s, q in zip(given, job.questions)]
+
+
+def run_job(predictor: Predictor, model_name: str, job: Job, opts: PredictOptions, progress: Tick | None = None,
+            planned: Tick | None = None) -> RasterResult:
+    """One image and its questions, as the single-process loop and a Ray worker both run it.
+
+    ``planned`` receives the number of model calls once the header is read, ``progress`` each finished one.
+    The result holds plain values only, so a worker can send it back to the driver.
+    """
+    info = check_raster(job.image, opts)
+    if planned is not None:
+        planned(work_units(info, len(job.questions), opts, predictor.image_size))
+    return predict_raster(predictor, job.image, job.questions, opts, model_name, job_stems(job, opts, model_name),
+                          progress=progress)
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
 def run_predict_command(
     image: str, questions: list[str], model: str | None, opts: PredictOptions, *, task: str, device: str,
-    dtype: str, console: Console,
+    dtype: str, console: Console, quantize: str = "none",
+    scale: ScaleOptions | None = None,
 ) -> int:
     """Returns the exit code: 0 when every job succeeded, 1 when some batch items failed."""
     jobs, is_batch = resolve_jobs(image, questions, opts.out_dir)
     ensure_writable(opts.out_dir)
     if not is_batch:  # fail fast on a bad raster or band before loading the model
         check_raster(jobs[0].image, opts)
-    predictor, model_name = load_predictor(model, task=task, device=device, dtype=dtype)
+    if scale is not None:
+        from .scale import run_on_ray
+
+        load = dict(task=task, device=device, dtype=dtype, quantize=quantize)  # load_predictor's, on every worker
+        report = run_on_ray(jobs, model, opts, scale, load, console)
+        _summary(report, opts.out_dir, console)
+        return 1 if report.failed else 0
+    predictor, model_name = load_predictor(model, task=task, device=device, dtype=dtype, quantize=quantize)
     report = BatchReport()
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=False) as progress:
+    with progress_bar(console) as progress:
         bar = progress.add_task("predicting", total=None)
         for job in jobs:
             name = source_name(job.image)
             progress.update(bar, description=escape(name))
             try:
-                info = check_raster(job.image, opts)
-                units = work_units(info, len(job.questions), opts, predictor.image_size)
-                progress.update(bar, total=(progress.tasks[0].total or 0) + units)
-                stems = None
-                if job.stems and any(job.stems):
-                    from .geo.paths import output_stem
-
-                    stems = [s or output_stem(job.image, q, mode=opts.mode.value, model=model_name)
-                             for s, q in zip(job.stems, job.questions)]
-                result = predict_raster(predictor, job.image, job.questions, opts, model_name, stems,
-                                        progress=lambda n: progress.advance(bar, n))
-                report.done.append(result)
-            except (ValueError, OSError) as exc:
+                report.done.append(run_job(
+                    predictor, model_name, job, opts, progress=lambda n: progress.advance(bar, n),
+                    planned=lambda n: progress.update(bar, total=(progress.tasks[0].total or 0) + n)))
+            except ITEM_ERRORS as exc:
                 if not is_batch:
                     raise
-                report.failed.append((name, str(exc)))
-                console.print(f"[red]skipped[/] {escape(name)}: {escape(str(exc))}", highlight=False, soft_wrap=True)
+                report.fail(name, str(exc), console)
     _summary(report, opts.out_dir, console)
     return 1 if report.failed else 0
 
@@ -168,6 +201,8 @@ def _summary(report: BatchReport, out_dir: Path, console: Console) -> None:
     table = Table(title=f"segearth predict → {escape(str(out_dir))}")
     for col in ("image", "question", "regions", "target %", "mean p", "max p"):
         table.add_column(col, overflow="fold")
+    for name, question in report.earlier:
+        table.add_row(escape(name), escape(question), "done by an earlier run, skipped", "", "", "")
     for result in report.done:
         for r in result.results:
             if r.skipped:

@@ -42,3 +42,27 @@ def test_builtin_nano_answers_on_the_example_scene(tmp_path):
 
         truth = np.all(np.asarray(Image.open(TRUTH).convert("RGB")) == WATER, axis=-1)
         assert _iou(predicted, truth) > 0.8, "nano should find the water of its example scene (IoU 0.97 when shipped)"
+
+
+def test_int8_quantisation_agrees_with_float32_on_the_example_scene():
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    from segearth.api import load
+    from segearth.geo.read import read_overview
+
+    image = read_overview(REPO_EXAMPLE, 384).image
+    fp32, int8 = load(dtype="float32"), load(quantize="int8")
+    assert any(isinstance(m, DynamicQuantizedLinear) for m in int8.predictor.model.modules())
+    for question in ("where could a boat travel?", "the buildings"):
+        a, b = fp32.predict(image, question).mask, int8.predict(image, question).mask
+        assert 0.02 < a.mean() < 0.98  # a real answer, not an empty or full mask that agrees by default
+        assert _iou(a, b) > 0.9, question  # measured 0.91-1.0 over 12 answers (benchmarks/quantize.py)
+
+
+def test_int8_refuses_what_it_cannot_do():
+    from segearth.api import load
+
+    with pytest.raises(ValueError, match="float32"):
+        load(dtype="bfloat16", quantize="int8")
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        load(quantize="int4")
