@@ -1,9 +1,14 @@
 """The FastAPI application of ``segearth serve``: REST API + the offline web page.
 
-Status codes a client can rely on: ``404`` unknown image or answer, ``413`` upload over the size
-limit, ``422`` bad raster / question / request (``detail`` is one readable sentence, the same text
-the CLI prints), ``503`` + ``Retry-After`` when the model queue is full, ``504`` when a request
-outlives the timeout, ``507`` when the server already holds ``max_images`` uploads.
+Status codes a client can rely on (``detail`` is one readable sentence, the same text the CLI
+prints, never a server path; see :mod:`.errors`): ``404`` unknown image or answer (also an answer
+dropped because the image already has ``max_answers`` newer ones), ``413`` upload over the size
+limit, image over the pixel limit (read from its header) or request body over ``max_body_kb``,
+``422`` bad raster / question / request (questions are limited in number, characters and tokens) or
+an upload whose decoding outlived ``prepare_timeout_s``, ``500`` a render or preparation that crashed
+(never a partial file), ``503`` + ``Retry-After`` when the model queue or the upload preparation
+queue is full, ``504`` when a request outlives the timeout, ``507`` when the server already holds
+``max_images`` uploads or its work folder holds ``max_disk_mb``.
 """
 
 from __future__ import annotations
@@ -16,22 +21,22 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, Query, Request, Response
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..batch import parse_bands
 from ..geo.paths import output_stem
-from ..geo.read import RasterInputError
 from ..predictor import Predictor
 from .cache import FeatureCache
-from .engine import Engine, Format, QuestionError
-from .queue import ModelQueue, QueueFull, QueueTimeout
+from .engine import FILE_NAMES, Engine, Format
+from .errors import install_error_handlers
+from .limits import BodyLimit, DiskFull, check_questions
+from .queue import ModelQueue
 from .schemas import AnswerOut, AskRequest, AskResponse, ImageMeta, ModelInfo
 from .settings import ServeSettings
-from .store import ImageStore, UnknownImage, prepare_image
+from .store import ImageRecord, ImageStore
 from .upload import UploadRejected, UploadTooLarge, save_multipart, save_raw, sniff_format
+from .workers import PreparePool
 
 STATIC = Path(str(resources.files("segearth.serve") / "static"))
 MEDIA = {"geotiff": "image/tiff", "geojson": "application/geo+json", "png": "image/png"}
@@ -52,50 +57,14 @@ _UPLOAD_BODY = {
 }
 
 
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(UnknownImage)
-    async def unknown(_: Request, exc: UnknownImage) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(UploadTooLarge)
-    async def too_large(_: Request, exc: UploadTooLarge) -> JSONResponse:
-        return _error(413, str(exc), {"Connection": "close"})  # the rest of the body is not read
-
-    @app.exception_handler(RasterInputError)
-    @app.exception_handler(UploadRejected)
-    @app.exception_handler(QuestionError)
-    async def unprocessable(_: Request, exc: ValueError) -> JSONResponse:
-        return _error(422, str(exc))
-
-    @app.exception_handler(QueueFull)
-    async def busy(_: Request, exc: QueueFull) -> JSONResponse:
-        return _error(503, str(exc), {"Retry-After": str(exc.retry_after)})
-
-    @app.exception_handler(QueueTimeout)
-    async def timeout(_: Request, exc: QueueTimeout) -> JSONResponse:
-        return _error(504, str(exc))
-
-    @app.exception_handler(OverflowError)
-    async def full(_: Request, exc: OverflowError) -> JSONResponse:
-        return _error(507, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # One sentence for people (the page shows it), the structured list for programs.
-        parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'request'}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse({"detail": "; ".join(parts), "errors": jsonable_encoder(exc.errors())}, status_code=422)
-
-
 def create_app(predictor: Predictor, model_name: str, settings: ServeSettings | None = None) -> FastAPI:
     """Build the app around an already loaded model (loaded once, shared by every request)."""
     settings = settings or ServeSettings()
-    store = ImageStore(settings.workdir, settings.max_images)
+    store = ImageStore(settings.workdir, settings.max_images, settings.max_disk_bytes)
     queue = ModelQueue(settings.max_queue, settings.request_timeout_s)
-    engine = Engine(predictor, model_name, FeatureCache(settings.cache_bytes), queue)
+    preparing = PreparePool(settings.prepare_workers, settings.prepare_waiting, settings.prepare_timeout_s)
+    engine = Engine(predictor, model_name, FeatureCache(settings.cache_bytes), queue, settings.max_answers)
+    max_tokens = min(settings.max_question_tokens, predictor.max_question_tokens())
     started = time.time()
 
     @asynccontextmanager
@@ -103,6 +72,8 @@ def create_app(predictor: Predictor, model_name: str, settings: ServeSettings | 
         try:
             yield
         finally:  # uploads never outlive the server
+            engine.closing.set()  # renders in progress stop at their next block
+            preparing.shutdown()
             queue.shutdown()
             store.close()
 
@@ -112,8 +83,11 @@ def create_app(predictor: Predictor, model_name: str, settings: ServeSettings | 
         version="1",
         lifespan=lifespan,
     )
-    app.state.settings, app.state.store, app.state.engine = settings, store, engine
-    _install_error_handlers(app)
+    app.state.settings, app.state.store, app.state.engine, app.state.preparing = settings, store, engine, preparing
+    install_error_handlers(app, [store.root, *([settings.workdir.resolve()] if settings.workdir else [])])
+    # Uploads stream to disk under their own limit; every other body is small JSON.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_kb * 1024,
+                       exempt=lambda scope: scope["method"] == "POST" and scope["path"] == "/images")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -127,8 +101,11 @@ def create_app(predictor: Predictor, model_name: str, settings: ServeSettings | 
             "status": "ok", "uptime_s": round(time.time() - started, 1), "images": len(store.list()),
             "queue": {"outstanding": queue.outstanding, "capacity": queue.capacity, "completed": queue.completed},
             "cache": engine.cache.stats(),
-            "limits": {"max_upload_mb": settings.max_upload_mb, "max_questions": settings.max_questions,
-                       "request_timeout_s": settings.request_timeout_s},
+            "limits": {"max_upload_mb": settings.max_upload_mb, "max_megapixels": settings.max_megapixels,
+                       "max_questions": settings.max_questions, "max_question_chars": settings.max_question_chars,
+                       "max_question_tokens": max_tokens, "max_body_kb": settings.max_body_kb,
+                       "max_answers": settings.max_answers, "max_images": settings.max_images,
+                       "max_disk_mb": settings.max_disk_mb, "request_timeout_s": settings.request_timeout_s},
         }
 
     @app.get("/models", tags=["server"], response_model=list[ModelInfo])
@@ -151,28 +128,39 @@ def create_app(predictor: Predictor, model_name: str, settings: ServeSettings | 
             band_tuple = parse_bands(bands)
         except ValueError as exc:
             raise UploadRejected(str(exc).replace("--bands", "bands")) from None
-        limit = settings.max_upload_bytes
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+        declared_bytes = int(declared) if declared and declared.isdigit() else 0
+        if declared_bytes > settings.max_upload_bytes + MULTIPART_OVERHEAD:
             raise UploadTooLarge(f"the upload is larger than the limit of {settings.max_upload_mb:.3g} MB")
+        disk_left = await asyncio.to_thread(store.disk_left)
+        if declared_bytes > disk_left + MULTIPART_OVERHEAD:
+            raise DiskFull(f"the upload does not fit in the {disk_left / 2**20:.4g} MB left of the server's work "
+                           "folder; delete some images first")
+        limit = min(settings.max_upload_bytes, disk_left)
         image_id, folder = store.reserve()
         try:
             tmp = folder / "upload.part"
             content_type = request.headers.get("content-type", "")
-            if content_type.startswith("multipart/form-data"):
-                size, filename = await save_multipart(request.stream(), content_type, tmp, limit)
-            else:
-                size = await save_raw(request.stream(), tmp, limit)
+            try:
+                if content_type.startswith("multipart/form-data"):
+                    size, filename = await save_multipart(request.stream(), content_type, tmp, limit)
+                else:
+                    size = await save_raw(request.stream(), tmp, limit)
+            except UploadTooLarge:
+                if disk_left < settings.max_upload_bytes:  # the disk budget, not the upload limit, was hit
+                    raise DiskFull("the upload does not fit in what is left of the server's work folder; "
+                                   "delete some images first") from None
+                raise
             fmt, suffix = sniff_format(tmp)
             path = tmp.rename(folder / f"raster{suffix}")
             label = Path(filename.replace("\\", "/")).name[:200] or f"upload{suffix}"  # display only
-            record = await asyncio.to_thread(
-                prepare_image, image_id, folder, path, label, fmt, size, band_tuple,
-                engine.image_size, settings.display_max,
-            )
+            prepared = await preparing.run(folder, path, label, band_tuple, engine.image_size, settings.display_max,
+                                           settings.max_pixels)
         except BaseException:
             store.release(image_id)
             raise
+        record = ImageRecord(id=image_id, filename=label, format=fmt, folder=folder, path=path, size_bytes=size,
+                             bands=band_tuple, **prepared.fields())
         store.add(record)
         return ImageMeta.of(record)
 
@@ -201,11 +189,8 @@ def create_app(predictor: Predictor, model_name: str, settings: ServeSettings | 
         """Ask one or more questions; each answer has scores and a link to its mask."""
         record = store.get(image_id)
         questions = [body.questions] if isinstance(body.questions, str) else list(body.questions)
-        if not questions:
-            raise QuestionError("no question given")
-        if len(questions) > settings.max_questions:
-            raise QuestionError(f"{len(questions)} questions in one request; this server allows at most "
-                                f"{settings.max_questions}")
+        check_questions(questions, settings.max_questions, settings.max_question_chars, max_tokens,
+                        engine.count_tokens)
         logits, cached, seconds = await engine.ask(record, questions)
         answers = await asyncio.to_thread(engine.store_answers, record, questions, logits, body.format)
         return AskResponse(image_id=image_id, format=body.format, cached_features=cached,
@@ -225,6 +210,8 @@ def create_app(predictor: Predictor, model_name: str, settings: ServeSettings | 
         """One answer's mask as `geotiff`, `geojson` or `png` (rendered on first request)."""
         record = store.get(image_id)
         answer = record.answer(number)
+        if not (answer.folder / FILE_NAMES[fmt]).exists():
+            store.disk_left()  # a render adds a file: refused once the work folder is full
         path = engine.render(record, answer, fmt)
         name = output_stem(Path(record.filename), answer.question) + SUFFIX[fmt]
         return FileResponse(path, media_type=MEDIA[fmt], filename=name)

@@ -45,10 +45,34 @@ def serve(
         int,
         typer.Option(help="Questions allowed in one request."),
     ] = 16,
+    max_question_chars: Annotated[
+        int,
+        typer.Option(help="Longest question in characters (checked before tokenising)."),
+    ] = 1000,
+    max_question_tokens: Annotated[
+        int,
+        typer.Option(help="Longest question in tokens (the model's context may allow fewer)."),
+    ] = 512,
+    max_body_kb: Annotated[
+        int,
+        typer.Option(help="Largest request body in KB for everything but uploads (413 before parsing)."),
+    ] = 64,
+    max_answers: Annotated[
+        int,
+        typer.Option(help="Answers kept per image; older ones are dropped with their files."),
+    ] = 100,
+    max_megapixels: Annotated[
+        float,
+        typer.Option(help="Largest upload in megapixels (width x height from its header, before decoding)."),
+    ] = 1500.0,
     max_images: Annotated[
         int,
         typer.Option(help="Uploaded images kept at once."),
     ] = 100,
+    max_disk_mb: Annotated[
+        float,
+        typer.Option(help="Disk budget in MB of the work folder (uploads, previews, rendered masks); 507 beyond."),
+    ] = 20480.0,
     workdir: Annotated[
         Path | None,
         typer.Option(help="Where the temporary upload folder is created (default: the system temp folder)."),
@@ -99,7 +123,9 @@ def serve(
 
         settings = ServeSettings(
             max_upload_mb=max_upload_mb, max_queue=max_queue, request_timeout_s=timeout, cache_mb=cache_mb,
-            max_questions=max_questions, max_images=max_images, workdir=workdir,
+            max_questions=max_questions, max_question_chars=max_question_chars,
+            max_question_tokens=max_question_tokens, max_body_kb=max_body_kb, max_answers=max_answers,
+            max_megapixels=max_megapixels, max_images=max_images, max_disk_mb=max_disk_mb, workdir=workdir,
         )
         if workdir is not None and not workdir.is_dir():
             raise FileNotFoundError(f"--workdir {workdir} is not a folder")

@@ -23,8 +23,8 @@ T = TypeVar("T")
 class QueueFull(RuntimeError):
     """The model queue is full; ``retry_after`` is a hint in whole seconds."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"the model is busy: too many queued requests, retry in about {retry_after} s")
+    def __init__(self, retry_after: int, reason: str = "the model is busy: too many queued requests") -> None:
+        super().__init__(f"{reason}, retry in about {retry_after} s")
         self.retry_after = retry_after
 
 

@@ -13,6 +13,7 @@ Layout (every name chosen by the server, never by the client)::
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -22,12 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from affine import Affine
-from PIL import Image
 
-from ..geo.letterbox import Letterbox, letterbox
-from ..geo.read import RasterInfo, RasterInputError, Stretch, compute_stretch, open_raster, read_overview
+from ..geo.letterbox import Letterbox
+from ..geo.read import RasterInfo, Stretch
+from .limits import DiskFull
+
+
+class ServerFault(RuntimeError):
+    """A failure that is not the client's (a render or a preparation that crashed): answered with 500."""
 
 
 class UnknownImage(KeyError):
@@ -46,6 +50,7 @@ class Answer:
     scores: dict[str, Any]
     folder: Path
     created: float = field(default_factory=time.time)
+    failed: dict[str, str] = field(default_factory=dict)  # format -> why its render failed (never retried)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one renderer per answer
 
 
@@ -67,7 +72,7 @@ class ImageRecord:
     display_shape: tuple[int, int]  # (h, w) of display.png, the grid of the PNG masks
     notices: list[str]
     created: float = field(default_factory=time.time)
-    answers: list[Answer] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)  # the newest ``max_answers``, oldest first
     next_answer: int = 1
     deleted: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -78,48 +83,30 @@ class ImageRecord:
         for a in answers:
             if a.number == number:
                 return a
+        if answers and 0 < number < answers[0].number:
+            raise UnknownImage(f"answer {number} of image {self.id} was dropped: the server keeps the "
+                               f"{len(answers)} newest answers per image")
         raise UnknownImage(f"image {self.id} has no answer {number}")
 
-
-def client_message(exc: Exception, path: Path, filename: str) -> str:
-    """The CLI's message for a bad raster, naming the client's file instead of our temp path."""
-    label = filename or "upload"
-    return str(exc).replace(str(path), label).replace(path.name, label)
-
-
-def prepare_image(
-    image_id: str, folder: Path, path: Path, filename: str, fmt: str, size: int,
-    bands: tuple[int, ...] | None, model_size: int, display_max: int,
-) -> ImageRecord:
-    """Read a stored upload's header, stretch, preview and model canvas (raises RasterInputError)."""
-    try:
-        info = open_raster(path)
-        stretch = compute_stretch(path, bands)
-        display = read_overview(path, display_max, params=stretch)
-        model_view = display if display_max == model_size else read_overview(path, model_size, params=stretch)
-    except (RasterInputError, ValueError) as exc:
-        raise RasterInputError(client_message(exc, path, filename)) from None
-    if not display.valid.any():
-        raise RasterInputError(f"{filename}: every pixel is nodata")
-    canvas, box = letterbox(model_view.image, model_size)
-    np.save(folder / "canvas.npy", canvas)
-    np.save(folder / "valid.npy", display.valid)
-    np.save(folder / "model_valid.npy", model_view.valid)
-    Image.fromarray(display.image).save(folder / "display.png", format="PNG", compress_level=1)
-    notices = [client_message(Exception(n), path, filename) for n in display.notices]
-    return ImageRecord(
-        id=image_id, filename=filename, format=fmt, folder=folder, path=path, size_bytes=size, info=info,
-        stretch=stretch, bands=bands, box=box, model_transform=model_view.transform,
-        display_shape=display.image.shape[:2], notices=notices,
-    )
+    def add_answer(self, answer: Answer, keep: int) -> None:
+        """Append ``answer`` and drop the oldest beyond ``keep`` (their files too)."""
+        with self.lock:
+            self.answers.append(answer)
+            dropped = self.answers[:-keep]
+            del self.answers[:-keep]
+        for old in dropped:
+            with old.lock:  # a render of it in progress finishes first
+                shutil.rmtree(old.folder, ignore_errors=True)
 
 
 class ImageStore:
     """The images of this server process; thread-safe; removes its folder on :meth:`close`."""
 
-    def __init__(self, parent: Path | None, max_images: int) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="segearth-serve-", dir=parent))
+    def __init__(self, parent: Path | None, max_images: int, max_disk_bytes: int) -> None:
+        # Absolute: the preparation children are given paths inside it.
+        self.root = Path(tempfile.mkdtemp(prefix="segearth-serve-", dir=parent)).resolve()
         self.max_images = max_images
+        self.max_disk_bytes = max_disk_bytes
         self._records: dict[str, ImageRecord] = {}
         self._reserved: set[str] = set()
         self._lock = threading.Lock()
@@ -164,6 +151,32 @@ class ImageStore:
             raise UnknownImage(f"no image with id {image_id!r}")
         record.deleted = True
         shutil.rmtree(record.folder, ignore_errors=True)
+
+    def disk_used(self) -> int:
+        """Bytes of every file under the work folder (walked: renders and uploads in progress count)."""
+        total, folders = 0, [self.root]
+        while folders:
+            try:
+                entries = list(os.scandir(folders.pop()))
+            except OSError:  # removed meanwhile (a deleted image)
+                continue
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(Path(entry.path))
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+        return total
+
+    def disk_left(self) -> int:
+        """Bytes the work folder may still grow; raises DiskFull when none."""
+        left = self.max_disk_bytes - self.disk_used()
+        if left <= 0:
+            raise DiskFull(f"the server's work folder is at its limit of {self.max_disk_bytes / 2**20:.4g} MB; "
+                           "delete some images first")
+        return left
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -8,11 +8,14 @@ only; the file on disk is named by the server.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
+import rasterio
 from python_multipart.multipart import MultipartParser, parse_options_header
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 # First bytes of the formats we accept -> (format name, file suffix GDAL recognises).
 _MAGIC: list[tuple[bytes, str, str]] = [
@@ -31,6 +34,28 @@ class UploadTooLarge(ValueError):
 
 class UploadRejected(ValueError):
     """The upload is malformed or not a GeoTIFF/PNG/JPEG (answered with 422)."""
+
+
+class TooManyPixels(UploadTooLarge):
+    """The raster's header declares more pixels than the server decodes (answered with 413)."""
+
+
+def check_pixel_count(path: Path, max_pixels: int) -> None:
+    """Refuse a decompression bomb from its header alone: a few KB can declare 100000² pixels.
+
+    ``rasterio.open`` reads the header and nothing else; an unreadable header is left for the full
+    read to report with the CLI's message.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                width, height = ds.width, ds.height
+    except RasterioError:
+        return
+    if width * height > max_pixels:
+        raise TooManyPixels(f"the image has {width * height:,} pixels ({width} x {height}); this server decodes at "
+                            f"most {max_pixels:,} (--max-megapixels)")
 
 
 def sniff_format(path: Path) -> tuple[str, str]:

@@ -1,0 +1,64 @@
+"""Upload preparation: header check, stretch, preview, model canvas.
+
+:func:`prepare_files` runs in a child process (see :mod:`.workers`), never in the server: decoding is
+the one step whose cost the client controls. It reads the pixel count from the header first, so a
+decompression bomb is refused before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+from PIL import Image
+
+from ..geo.letterbox import Letterbox, letterbox
+from ..geo.read import RasterInfo, RasterInputError, Stretch, compute_stretch, read_overview
+from .upload import check_pixel_count
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What the server keeps about a prepared upload (picklable: it comes back from the child)."""
+
+    info: RasterInfo
+    stretch: Stretch
+    box: Letterbox  # where the model overview sits on the model canvas
+    model_transform: Affine  # georeferencing of the model overview grid (logits, polygons, scores)
+    display_shape: tuple[int, int]  # (h, w) of display.png, the grid of the PNG masks
+    notices: list[str]
+
+    def fields(self) -> dict[str, object]:
+        """The fields as keyword arguments (shallow, unlike ``dataclasses.asdict``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def client_message(exc: Exception, path: Path, filename: str) -> str:
+    """The CLI's message for a bad raster, naming the client's file instead of our temp path."""
+    label = filename or "upload"
+    return str(exc).replace(str(path), label).replace(path.name, label)
+
+
+def prepare_files(folder: Path, path: Path, filename: str, bands: tuple[int, ...] | None, model_size: int,
+                  display_max: int, max_pixels: int) -> Prepared:
+    """Check the header, then write display.png, valid.npy, model_valid.npy and canvas.npy."""
+    check_pixel_count(path, max_pixels)
+    try:
+        stretch = compute_stretch(path, bands)
+        display = read_overview(path, display_max, params=stretch)
+        model_view = display if display_max == model_size else read_overview(path, model_size, params=stretch)
+    except (RasterInputError, ValueError) as exc:
+        raise RasterInputError(client_message(exc, path, filename)) from None
+    if not display.valid.any():
+        raise RasterInputError(f"{filename}: every pixel is nodata")
+    info = display.info
+    canvas, box = letterbox(model_view.image, model_size)
+    np.save(folder / "canvas.npy", canvas)
+    np.save(folder / "valid.npy", display.valid)
+    np.save(folder / "model_valid.npy", model_view.valid)
+    Image.fromarray(display.image).save(folder / "display.png", format="PNG", compress_level=1)
+    notices = [client_message(Exception(n), path, filename) for n in display.notices]
+    return Prepared(info=info, stretch=stretch, box=box, model_transform=model_view.transform,
+                    display_shape=display.image.shape[:2], notices=notices)
