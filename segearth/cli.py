@@ -121,6 +121,16 @@ def predict(
                                       "faster and smaller, masks agree closely but not exactly with float32."),
     overwrite: bool = typer.Option(False, help="Replace existing output files."),
     skip_existing: bool = typer.Option(False, help="Skip questions whose outputs already exist (resume a batch)."),
+    ray: str = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (pip install 'segearth[ray]'): local "
+                            "(start Ray on this machine), auto (the cluster this machine belongs to) or "
+                            "ray://HOST:PORT. --out must be a folder every node mounts at the same path. A rerun "
+                            "skips the items recorded in --out/segearth-done.jsonl."),
+    workers: int = typer.Option(None, help="With --ray: number of workers, one model each (default: as many as "
+                                "the cluster's CPUs, or GPUs, hold)."),
+    cpus_per_worker: float = typer.Option(None, help="With --ray: CPUs reserved per worker, also its torch threads "
+                                          "(default 1)."),
+    gpus_per_worker: float = typer.Option(None, help="With --ray: GPUs per worker (1, or 0.5 for two workers per "
+                                          "GPU; needs --device cuda). Default 0."),
     debug: bool = typer.Option(False, help="Show full tracebacks."),
 ) -> None:
     """Ask questions about rasters; write a georeferenced mask, polygons and a preview per question.
@@ -141,18 +151,21 @@ def predict(
       segearth predict scene.tif "the roads" -m earth-insights/SegEarth-R1-EarthReason
       segearth predict https://example.org/cog.tif "the water"
       segearth predict jobs.csv --out results/ --skip-existing
+      segearth predict /shared/scenes "the water" --ray auto --workers 8 --out /shared/out
     """
     from .batch import parse_bands, run_predict_command
     from .predict import PredictOptions
+    from .scale import ScaleOptions
 
     try:
+        scale = ScaleOptions.from_cli(ray, workers, cpus_per_worker, gpus_per_worker, device)
         opts = PredictOptions(
             out_dir=out, mode=mode, bands=parse_bands(bands), tile_size=tile_size, overlap=overlap,
             probabilities=probabilities, simplify=simplify, min_area=min_area, overwrite=overwrite,
             skip_existing=skip_existing, max_pixels=max_pixels,
         )
         code = run_predict_command(image, questions or [], model, opts, task=task.value, device=device,
-                                   dtype=dtype.value, quantize=quantize.value, console=console)
+                                   dtype=dtype.value, quantize=quantize.value, console=console, scale=scale)
     except USER_ERRORS as exc:
         exit_with_user_error(exc, debug)
     raise typer.Exit(code=code)
