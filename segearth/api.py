@@ -122,8 +122,8 @@ class Result:
         from rasterio.coords import BoundingBox
 
         h, w = self.logits.shape
-        left, top = self.transform * (0, 0)
-        right, bottom = self.transform * (w, h)
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (w, h)
         return RasterInfo(path=Path(self.source), width=w, height=h, count=3, dtypes=("uint8",) * 3, crs=self.crs,
                           transform=self.transform, nodata=None, bounds=BoundingBox(left, bottom, right, top),
                           has_georeference=self.crs is not None or not self.transform.is_identity)

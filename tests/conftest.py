@@ -1,4 +1,9 @@
-"""Shared test helpers: paths to ../shared and tiny models."""
+"""Shared test helpers: paths to ../shared, the --require-shared switch, and tiny models.
+
+Tests that read the official fixtures or the real data of ../shared go through :func:`require_shared`
+(or the ``needs_shared`` marker): locally a missing ../shared skips them; with ``--require-shared``
+(what CI passes) it fails them, so a CI without the data can never report green.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,40 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 PARITY_SMALL = SHARED / "fixtures" / "official" / "parity_small"
 FULL_KEYS = SHARED / "fixtures" / "official" / "full_keys.json"
 
+_require = {"shared": False}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--require-shared", action="store_true",
+                     help="fail instead of skipping tests whose ../shared fixtures or data are missing (CI)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _require["shared"] = bool(config.getoption("--require-shared"))
+    config.addinivalue_line("markers", "needs_shared(*paths): the test reads these paths of ../shared")
+    if _require["shared"] and not SHARED.is_dir():
+        pytest.exit(f"--require-shared: {SHARED} (official fixtures and real data) is missing", returncode=1)
+
+
+def require_shared(path: Path) -> Path:
+    """``path`` (under ../shared) if it exists; else skip the test, or fail it with --require-shared."""
+    if path.exists():
+        return path
+    message = f"{path} not found"
+    if _require["shared"]:
+        pytest.fail(f"{message} (--require-shared)", pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("needs_shared"):
+        for path in marker.args:
+            require_shared(Path(path))
+
 
 @pytest.fixture
 def parity_dir() -> Path:
-    if not (PARITY_SMALL / "io.safetensors").is_file():
-        pytest.skip(f"official parity fixture not found at {PARITY_SMALL}")
+    require_shared(PARITY_SMALL / "io.safetensors")
     return PARITY_SMALL
 
 

@@ -22,12 +22,11 @@ from segearth.checkpoint import (
 from segearth.cli import app
 from segearth.modeling.llm import fuse_qkv, split_fused_qkv
 
-from conftest import FULL_KEYS
+from conftest import FULL_KEYS, require_shared
 
 
 def test_every_released_key_is_consumed_with_its_shape():
-    if not FULL_KEYS.is_file():
-        pytest.skip(f"{FULL_KEYS} not found")
+    require_shared(FULL_KEYS)
     keys = json.loads(FULL_KEYS.read_text())["keys"]
     official = {k["key"]: tuple(k["shape"]) for k in keys}
     vocab = official["model.embed_tokens.weight"][0]  # 51200 here, 50297 in the released file

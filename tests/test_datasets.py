@@ -20,7 +20,7 @@ from segearth.data.landcover import DUBAI_COLOURS, class_fractions, discover_sce
 from segearth.data.rrsisd import decode_segmentation
 
 REAL_DATA = (Path(__file__).parents[1] / "../shared/data").resolve()
-needs_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real data folder {REAL_DATA} not present")
+needs_real_data = pytest.mark.needs_shared(REAL_DATA)
 
 
 def write_raster(path: Path, bands: np.ndarray) -> Path:

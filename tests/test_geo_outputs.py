@@ -181,8 +181,6 @@ WRITERS = ["mask", "geojson", "gpkg", "preview"]
 
 @pytest.mark.parametrize("kind", WRITERS)
 def test_disk_full_mid_write_leaves_nothing(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if kind == "gpkg":
-        pytest.importorskip("pyogrio")
     out = tmp_path / "out"
     out.mkdir()
     with monkeypatch.context() as patch:
@@ -206,8 +204,6 @@ def test_disk_full_mid_write_leaves_nothing(kind: str, tmp_path: Path, monkeypat
 
 @pytest.mark.parametrize("kind", WRITERS)
 def test_unwritable_folder_is_a_one_line_error(kind: str, tmp_path: Path) -> None:
-    if kind == "gpkg":
-        pytest.importorskip("pyogrio")
     missing = tmp_path / "no" / "such" / "folder"
     with pytest.raises(OutputWriteError, match=rf"^cannot write {re.escape(str(missing))}/r\S+: No such file") as err:
         _run_writer(kind, tmp_path, missing)
@@ -313,7 +309,7 @@ def test_default_min_area() -> None:
 
 
 def test_gpkg_layer_named_from_the_question(tmp_path: Path) -> None:
-    pyogrio = pytest.importorskip("pyogrio")
+    import pyogrio
     info, mask = _georeferenced_mask(tmp_path)
     polygons = mask_to_polygons(mask, info.transform, info.crs)
     question = "Where could a new house be built without demolishing anything, near the river or the école?"

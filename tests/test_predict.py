@@ -18,7 +18,7 @@ from segearth.predict import PredictOptions, predict_raster
 from segearth.predictor import Predictor
 from segearth.tokenizer import byte_level_tokenizer
 
-from conftest import SHARED
+from conftest import SHARED, require_shared
 
 GEOTIFF = SHARED / "data" / "geotiff"
 
@@ -38,10 +38,7 @@ def checkpoint(tmp_path_factory):
 
 
 def _raster(name):
-    path = GEOTIFF / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return path
+    return require_shared(GEOTIFF / name)
 
 
 def test_cached_prediction_equals_the_full_forward(predictor):

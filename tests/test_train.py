@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SHARED
+from conftest import SHARED, require_shared
 from PIL import Image
 
 from segearth.modeling.prompt import IGNORE_INDEX
@@ -289,8 +289,7 @@ def test_nano_learns_landcover_in_minutes(tmp_path):
     The tiny ``small`` preset cannot do this in minutes: its random Swin has no visual features to
     start from, so it only learns the class prior (empty masks).
     """
-    if not (LANDCOVER / "dubai").is_dir():
-        pytest.skip(f"land-cover data not found at {LANDCOVER}")
+    require_shared(LANDCOVER / "dubai")
     from segearth.data import LandCover
     from segearth.metrics import letterbox_mask, score_sample, summarize
 
