@@ -1,0 +1,33 @@
+"""A clone without ../shared must fail its CI test run (--require-shared) with one clear line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    tests = tmp_path / "clone" / "tests"  # no tmp_path/shared beside the clone
+    tests.mkdir(parents=True)
+    shutil.copy(TESTS / "conftest.py", tests)
+    (tests / "test_uses_shared.py").write_text(
+        "from conftest import PARITY_SMALL, require_shared\n\n"
+        "def test_reads_fixture():\n    require_shared(PARITY_SMALL)\n"
+    )
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=tests,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_missing_shared_fails_the_run_in_ci_mode(tmp_path: Path) -> None:
+    result = _run(tmp_path, "--require-shared")
+    assert result.returncode != 0
+    assert "--require-shared" in result.stdout + result.stderr and "shared" in result.stdout + result.stderr
+
+
+def test_missing_shared_skips_locally(tmp_path: Path) -> None:
+    result = _run(tmp_path)
+    assert result.returncode == 0 and "1 skipped" in result.stdout
