@@ -27,6 +27,7 @@ from segearth.tokenizer import byte_level_tokenizer
 from conftest import SHARED
 
 GEOTIFF = SHARED / "data" / "geotiff"
+BASE = "http://127.0.0.1:8000"  # a Host the server answers to by default (TestClient's own is "testserver")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def make_client(predictor, tmp_path):
     clients = []
 
     def make(**settings) -> TestClient:
-        client = TestClient(create_app(predictor, "tiny", ServeSettings(workdir=tmp_path, **settings)))
+        client = TestClient(create_app(predictor, "tiny", ServeSettings(workdir=tmp_path, **settings)), base_url=BASE)
         client.__enter__()
         clients.append(client)
         return client
@@ -298,7 +299,7 @@ def test_health_models_docs_and_page(client):
 
 def test_uploads_are_removed_on_shutdown(predictor, tmp_path):
     app = create_app(predictor, "tiny", ServeSettings(workdir=tmp_path))
-    with TestClient(app) as client:
+    with TestClient(app, base_url=BASE) as client:
         _upload(client)
         assert any(app.state.store.root.rglob("raster.tif"))
     assert not app.state.store.root.exists()

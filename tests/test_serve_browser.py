@@ -39,8 +39,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[str]:
+TOKEN = "browser-test-token"
+
+
+def _serve(workdir: Path, **settings) -> Iterator[str]:
     """``segearth serve``'s app with the tiny model, on a loopback port in a background thread."""
     import uvicorn
 
@@ -51,7 +53,7 @@ def server(tmp_path_factory) -> Iterator[str]:
 
     torch.manual_seed(0)
     predictor = Predictor(SegEarthR1(small_config()).eval(), byte_level_tokenizer())
-    app = create_app(predictor, "tiny-random", ServeSettings(workdir=tmp_path_factory.mktemp("serve")))
+    app = create_app(predictor, "tiny-random", ServeSettings(workdir=workdir, **settings))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -64,6 +66,45 @@ def server(tmp_path_factory) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    yield from _serve(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory) -> Iterator[str]:
+    yield from _serve(tmp_path_factory.mktemp("serve-token"), token=TOKEN)
+
+
+@pytest.fixture
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_token_prompt_then_upload(token_server, browser):
+    raster = GEOTIFF / "naip_rgbn_2019.tif"
+    if not raster.is_file():
+        pytest.skip(f"{raster} not found")
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(token_server + "/")
+    expect(page.locator("#token-dialog")).to_be_visible()
+    page.fill("#token", "wrong-token-123")
+    page.click("#token-form button")
+    expect(page.locator("#token-note")).to_contain_text("refused")
+    page.fill("#token", TOKEN)
+    page.click("#token-form button")
+    expect(page.locator("#model")).to_contain_text("tiny-random")
+    expect(page.locator("#token-dialog")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('segearth-token')") == TOKEN
+    page.set_input_files("#file", str(raster))  # uploads and the preview need the token too
+    expect(page.locator("#meta")).to_contain_text("934 × 723 px")
 
 
 def test_upload_ask_overlay_download(server, tmp_path):

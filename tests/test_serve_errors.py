@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from test_serve import _ask, _raster, _upload, client, make_client, predictor  # noqa: F401 (fixtures)
+from test_serve import BASE, _ask, _raster, _upload, client, make_client, predictor  # noqa: F401 (fixtures)
 from test_serve_limits import sparse_geotiff
 
 import segearth.serve.engine as engine_module
@@ -62,7 +62,7 @@ def test_scrubber_removes_paths_inside_the_given_folders():
 
 def test_no_server_path_in_any_error_body(predictor, tmp_path, monkeypatch):
     app = create_app(predictor, "tiny", ServeSettings(workdir=tmp_path, max_upload_mb=5, max_body_kb=8))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, base_url=BASE, raise_server_exceptions=False) as client:
         root = app.state.store.root
         good = _upload(client)["id"]
         answer = _ask(client, good, ["the water"], "png").json()["answers"][0]

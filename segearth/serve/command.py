@@ -73,6 +73,30 @@ def serve(
         float,
         typer.Option(help="Disk budget in MB of the work folder (uploads, previews, rendered masks); 507 beyond."),
     ] = 20480.0,
+    prepare_workers: Annotated[
+        int,
+        typer.Option(help="Uploads decoded at once, each in its own process."),
+    ] = 2,
+    prepare_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds an upload may take to decode before it is stopped (422)."),
+    ] = 120.0,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Host name clients may use besides the --host address, localhost and 127.0.0.1 "
+                          "(repeatable; '*' allows any, e.g. behind a proxy that checks it)."),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Another web site allowed to call the API from a browser, e.g. https://gis.example.org "
+                          "(repeatable; default: none)."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="SEGEARTH_TOKEN", show_envvar=True,
+                     help="Require 'Authorization: Bearer TOKEN' on every request (the page asks for it once). "
+                          "Prefer the environment variable: a command line is visible to other users."),
+    ] = None,
     workdir: Annotated[
         Path | None,
         typer.Option(help="Where the temporary upload folder is created (default: the system temp folder)."),
@@ -105,10 +129,18 @@ def serve(
       GET    /images, DELETE /images/{id}, /health, /models
 
     Questions wait in a bounded queue (one forward at a time); a second question about the same
-    image reuses its cached features. Uploads live in a temporary folder removed at shutdown.
+    image reuses its cached features. Uploads live in a temporary folder removed at shutdown (and
+    by the next start if the server was killed). Every input is limited before work starts
+    (upload bytes and pixels, question characters and tokens, body size, disk); uploads are decoded
+    in separate processes under a time limit.
+
+    Exposure: only the Host names above are answered, writes from other web sites are refused, and
+    with a token every request needs it. Listening beyond 127.0.0.1 (--host 0.0.0.0) without a
+    token lets anyone on the network use the model and read uploads.
 
     Examples:
       segearth serve -m ckpt/
+      SEGEARTH_TOKEN=$(openssl rand -hex 16) segearth serve --host 0.0.0.0 --allowed-host gpu01.lab
       curl -F file=@scene.tif http://127.0.0.1:8000/images
       curl -H 'Content-Type: application/json' -d '{"questions": ["the roads"]}' \\
            http://127.0.0.1:8000/images/ID/ask
@@ -119,13 +151,17 @@ def serve(
 
         from ..batch import load_predictor
         from .app import create_app
+        from .security import DEFAULT_HOSTS
         from .settings import ServeSettings
 
         settings = ServeSettings(
             max_upload_mb=max_upload_mb, max_queue=max_queue, request_timeout_s=timeout, cache_mb=cache_mb,
             max_questions=max_questions, max_question_chars=max_question_chars,
             max_question_tokens=max_question_tokens, max_body_kb=max_body_kb, max_answers=max_answers,
-            max_megapixels=max_megapixels, max_images=max_images, max_disk_mb=max_disk_mb, workdir=workdir,
+            max_megapixels=max_megapixels, max_images=max_images, max_disk_mb=max_disk_mb,
+            prepare_workers=prepare_workers, prepare_timeout_s=prepare_timeout, workdir=workdir,
+            allowed_hosts=(*DEFAULT_HOSTS, host, *(allowed_host or [])), cors_origins=tuple(cors_origin or []),
+            token=token,
         )
         if workdir is not None and not workdir.is_dir():
             raise FileNotFoundError(f"--workdir {workdir} is not a folder")
@@ -134,4 +170,7 @@ def serve(
     except USER_ERRORS as exc:
         exit_with_user_error(exc, debug)
     err.print(f"serving {escape(model_name)} on http://{host}:{port}/ (API docs at /docs)", highlight=False)
+    if host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        err.print("warning: listening beyond this machine without --token: anyone who can reach the port can use "
+                  "it; clients must use one of the --allowed-host names", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="debug" if debug else "info")

@@ -35,9 +35,10 @@ from ..geo.write import OVERLAY_RGB, write_mask_geotiff
 from ..modeling.prompt import description_ids
 from ..predictor import Predictor
 from .cache import FeatureCache
+from .errors import ServerFault
 from .limits import QuestionError, clip_text
 from .queue import ModelQueue
-from .store import Answer, ImageRecord, ServerFault, UnknownImage
+from .store import Answer, ImageRecord, UnknownImage
 
 Format = Literal["geotiff", "geojson", "png"]
 log = logging.getLogger("segearth.serve")

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import error_response
+
 STORED_QUESTION_CHARS = 200  # copy of the question in each polygon and GeoTIFF tag (the API keeps it whole)
 
 
@@ -67,7 +69,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refusal()(scope, receive, send)
             return
         body, more = bytearray(), True
         while more:
@@ -77,7 +79,7 @@ class BodyLimit:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
-                await self._refuse(send)
+                await self._refusal()(scope, receive, send)
                 return
         replayed = False
 
@@ -90,9 +92,6 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
-        detail = f'{{"detail":"the request body is larger than the limit of {self.max_bytes // 1024} KB"}}'.encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(detail)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": detail})
+    def _refusal(self) -> ASGIApp:
+        return error_response(413, f"the request body is larger than the limit of {self.max_bytes // 1024} KB",
+                              {"Connection": "close"})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .security import DEFAULT_HOSTS
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class ServeSettings:
     prepare_timeout_s: float = 120.0  # decoding an upload past this is killed: 422
     display_max: int = 2048  # long side of the preview / PNG mask / polygon grid
     workdir: Path | None = None  # parent of the temporary upload folder (default: system temp)
+    allowed_hosts: tuple[str, ...] = DEFAULT_HOSTS  # Host header names answered ("*": any); see security.py
+    cors_origins: tuple[str, ...] = ()  # other sites allowed to call the API from a browser
+    token: str | None = field(default=None, repr=False)  # bearer token required on every data route
 
     def __post_init__(self) -> None:
         if self.max_upload_mb <= 0:
@@ -49,6 +54,8 @@ class ServeSettings:
                      "max_disk_mb", "prepare_workers", "prepare_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name):g}")
+        if self.token is not None and len(self.token) < 8:
+            raise ValueError("--token must be at least 8 characters long")
         if self.max_answers < self.max_questions:
             raise ValueError(f"--max-answers ({self.max_answers}) must be at least "
                              f"--max-questions ({self.max_questions})")

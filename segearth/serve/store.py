@@ -2,6 +2,7 @@
 
 Layout (every name chosen by the server, never by the client)::
 
+    <tmp>/segearth-serve-XXXX/server.lock                     flock held while the server runs; holds its pid
     <tmp>/segearth-serve-XXXX/<image id>/raster.tif|png|jpg   the upload
                                         display.png            RGB preview (long side <= display_max)
                                         valid.npy              nodata mask on the preview grid
@@ -9,10 +10,17 @@ Layout (every name chosen by the server, never by the client)::
                                         canvas.npy             letterboxed model input (cache misses)
                                         answers/<n>/logits.npy mask logits on the model overview grid
                                         answers/<n>/mask.*     rendered GeoTIFF / GeoJSON / PNG
+
+A server killed with SIGKILL (or a crashed machine) cannot remove its folder; the next server started
+with the same parent removes such stale folders: those with the prefix *and* a ``server.lock`` that
+nobody holds (the kernel drops a flock when its process dies, so a reused pid cannot fool the check).
+Folders without the lock file were not made by this code and are left alone.
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import secrets
 import shutil
@@ -29,9 +37,44 @@ from ..geo.letterbox import Letterbox
 from ..geo.read import RasterInfo, Stretch
 from .limits import DiskFull
 
+PREFIX = "segearth-serve-"
+LOCK_NAME = "server.lock"
+log = logging.getLogger("segearth.serve")
 
-class ServerFault(RuntimeError):
-    """A failure that is not the client's (a render or a preparation that crashed): answered with 500."""
+
+def remove_stale_folders(parent: Path) -> list[Path]:
+    """Remove the work folders of servers that died without cleaning up (see the module docstring)."""
+    removed = []
+    for folder in sorted(parent.glob(PREFIX + "*")):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:  # no lock file (not ours), or another user's folder
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a running server holds it
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            os.close(fd)
+        log.info("removed the work folder of a server that is no longer running: %s", folder)
+        removed.append(folder)
+    return removed
+
+
+def _lock_folder(folder: Path) -> int:
+    """Hold an exclusive flock on ``folder/server.lock`` for the life of this process (the fd)."""
+    # Locked under a temporary name, then renamed: a concurrent cleanup never sees it unlocked.
+    tmp = folder / f".{LOCK_NAME}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.replace(tmp, folder / LOCK_NAME)
+    return fd
 
 
 class UnknownImage(KeyError):
@@ -103,8 +146,10 @@ class ImageStore:
     """The images of this server process; thread-safe; removes its folder on :meth:`close`."""
 
     def __init__(self, parent: Path | None, max_images: int, max_disk_bytes: int) -> None:
-        # Absolute: the preparation children are given paths inside it.
-        self.root = Path(tempfile.mkdtemp(prefix="segearth-serve-", dir=parent)).resolve()
+        parent = Path(parent or tempfile.gettempdir()).resolve()  # absolute: children get paths inside it
+        remove_stale_folders(parent)
+        self.root = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
+        self._lock_fd = _lock_folder(self.root)
         self.max_images = max_images
         self.max_disk_bytes = max_disk_bytes
         self._records: dict[str, ImageRecord] = {}
@@ -180,3 +225,4 @@ class ImageStore:
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        os.close(self._lock_fd)

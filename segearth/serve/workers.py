@@ -31,9 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..geo.read import RasterInputError
+from .errors import ServerFault
 from .prepare import Prepared, prepare_files
 from .queue import QueueFull
-from .store import ServerFault
 from .upload import TooManyPixels, UploadRejected
 
 log = logging.getLogger("segearth.serve")

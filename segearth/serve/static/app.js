@@ -5,22 +5,68 @@ const $ = (id) => document.getElementById(id);
 const state = { image: null, answer: null, view: { scale: 1, x: 0, y: 0 } };
 
 // ---- API calls: every failure becomes one readable sentence -------------------------------------
-async function api(path, options = {}) {
+// A server started with --token wants it on every request; the page asks once and keeps it for the
+// tab (sessionStorage). Images and downloads are fetched the same way (an <img src> cannot send it).
+const TOKEN_KEY = "segearth-token";
+
+async function request(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.set("Authorization", "Bearer " + token);
   let response;
   try {
-    response = await fetch(path, options);
+    response = await fetch(path, { ...options, headers });
   } catch (err) {
     throw new Error("The server cannot be reached (" + err.message + "). Is segearth serve still running?");
   }
-  if (response.ok) {
-    return response.status === 204 ? null : response.json();
-  }
+  if (response.status === 401) askForToken(!!token);
+  if (!response.ok) throw new Error(await errorMessage(response));
+  return response;
+}
+
+async function api(path, options = {}) {
+  const response = await request(path, options);
+  return response.status === 204 ? null : response.json();
+}
+
+async function blobUrl(path) {
+  return URL.createObjectURL(await (await request(path)).blob());
+}
+
+async function download(path) {
+  const response = await request(path);
+  const match = /filename="?([^";]+)"?/.exec(response.headers.get("Content-Disposition") || "");
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = match ? match[1] : path.split("/").pop();
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+}
+
+function askForToken(wrong) {
+  $("token-note").textContent = wrong ? "That token was refused; enter it again." : "This server needs an access token.";
+  $("token-dialog").hidden = false;
+  $("token").focus();
+}
+
+function useToken(event) {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+  location.reload();
+}
+
+async function errorMessage(response) {
   let detail = response.statusText;
   try {
     const body = await response.json();
     detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
   } catch (_) { /* not JSON: keep the status text */ }
   const hints = {
+    400: "Refused",
+    401: "Access token needed",
+    403: "Refused",
     404: "Not found",
     413: "File too large",
     422: "Cannot use this input",
@@ -31,7 +77,7 @@ async function api(path, options = {}) {
   let message = (hints[response.status] || "Error " + response.status) + ": " + detail;
   const retry = response.headers.get("Retry-After");
   if (response.status === 503 && retry) message += " (retry in " + retry + " s)";
-  throw new Error(message);
+  return message;
 }
 
 function showError(message) {
@@ -94,7 +140,7 @@ async function selectImage(id) {
     showMeta(state.image);
     const img = $("image");
     img.onload = fitView;
-    img.src = state.image.preview.url;
+    img.src = await blobUrl(state.image.preview.url);
     for (const answer of await api("/images/" + id + "/answers")) addHistory(answer);
   } catch (err) {
     showError(err.message);
@@ -182,8 +228,8 @@ function showAnswer(answer) {
   }
   overlay.onload = () => { overlay.hidden = false; };
   overlay.onerror = () => showError("The mask image could not be loaded.");
-  overlay.src = answer.downloads.png;
-  for (const fmt of ["geotiff", "geojson", "png"]) $("dl-" + fmt).href = answer.downloads[fmt];
+  blobUrl(answer.downloads.png).then((url) => { if (state.answer === answer) overlay.src = url; },
+                                     (err) => showError(err.message));
   $("downloads").hidden = false;
   const s = answer.scores;
   const rows = [
@@ -292,6 +338,13 @@ async function start() {
   $("opacity").addEventListener("input", () => { $("overlay").style.opacity = $("opacity").value; });
   $("overlay").style.opacity = $("opacity").value;
   $("error-close").addEventListener("click", clearError);
+  $("token-form").addEventListener("submit", useToken);
+  for (const fmt of ["geotiff", "geojson", "png"]) {
+    $("dl-" + fmt).addEventListener("click", (event) => {
+      event.preventDefault();
+      if (state.answer) download(state.answer.downloads[fmt]).catch((err) => showError(err.message));
+    });
+  }
   try {
     const [model] = await api("/models");
     $("model").textContent = model.name + " · " + model.task + " · " + model.device;
