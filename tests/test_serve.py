@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 
 import numpy as np
@@ -289,12 +290,23 @@ def test_health_models_docs_and_page(client):
     assert health["status"] == "ok" and health["queue"]["capacity"] == 9
     model = client.get("/models").json()[0]
     assert model["name"] == "tiny" and model["image_size"] == 256 and model["parameters"] > 0
-    assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/images", "/images/{image_id}/ask", "/images/{image_id}/answers/{number}/{fmt}"} <= set(paths)
     page = client.get("/")
     assert page.status_code == 200 and "/static/app.js" in page.text
     assert "http" not in client.get("/static/app.js").text.replace("http://HOST", "")  # no CDN, no remote URL
+
+
+def test_docs_reference_only_local_assets(client):
+    html = client.get("/docs").text
+    refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert len(refs) == 3 and all(ref.startswith("/static/") for ref in refs), refs
+    for ref in refs:
+        r = client.get(ref)
+        assert r.status_code == 200 and len(r.content) > 500, ref
+    assert "//" not in html.replace("<!doctype html>", "") and "http" not in client.get("/static/docs.js").text
+    assert client.get("/redoc").status_code == 404  # ReDoc is not vendored: no page that stays blank offline
+    assert client.get("/openapi.json").status_code == 200
 
 
 def test_uploads_are_removed_on_shutdown(predictor, tmp_path):

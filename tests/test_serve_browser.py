@@ -105,6 +105,8 @@ def test_token_prompt_then_upload(token_server, browser):
     assert page.evaluate("sessionStorage.getItem('segearth-token')") == TOKEN
     page.set_input_files("#file", str(raster))  # uploads and the preview need the token too
     expect(page.locator("#meta")).to_contain_text("934 × 723 px")
+    page.goto(token_server + "/docs")  # the docs page reads the token the main page stored for this tab
+    expect(page.locator(".opblock").first).to_be_visible(timeout=20_000)
 
 
 def test_upload_ask_overlay_download(server, tmp_path):
@@ -163,3 +165,21 @@ def test_upload_ask_overlay_download(server, tmp_path):
                 "Cannot use this input: the uploaded file is not a GeoTIFF")
         finally:
             browser.close()
+
+
+def test_docs_render_offline(server, browser):
+    page = browser.new_page()
+    remote = []
+
+    def only_local(route):
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            remote.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.goto(server + "/docs")
+    expect(page.locator(".opblock").first).to_be_visible(timeout=20_000)
+    expect(page.locator("#swagger-ui")).to_contain_text("/images/{image_id}/ask")
+    assert remote == []

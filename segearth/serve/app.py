@@ -106,6 +106,9 @@ def create_app(predictor: Predictor, model_name: str, settings: ServeSettings | 
         summary="Ask questions about your rasters with SegEarth-R1; get masks as GeoTIFF, GeoJSON or PNG.",
         version="1",
         lifespan=lifespan,
+        # /docs is our own page on the vendored Swagger UI (FastAPI's loads it from a CDN); ReDoc is not
+        # shipped, so it is off rather than a page that stays blank offline.
+        docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
     )
     app.state.settings, app.state.store, app.state.engine, app.state.preparing = settings, store, engine, preparing
     install_error_handlers(app, [store.root, *([settings.workdir.resolve()] if settings.workdir else [])])
@@ -122,6 +125,10 @@ def create_app(predictor: Predictor, model_name: str, settings: ServeSettings | 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html")
 
     @app.get("/health", tags=["server"])
     def health() -> dict:
