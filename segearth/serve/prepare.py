@@ -1,4 +1,4 @@
-"""Upload preparation: header check, stretch, preview, model canvas.
+"""Upload preparation: header check, stretch, preview, map image, model canvas.
 
 :func:`prepare_files` runs in a child process (see :mod:`.workers`), never in the server: decoding is
 the one step whose cost the client controls. It reads the pixel count from the header first, so a
@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..geo.letterbox import Letterbox, letterbox
 from ..geo.read import RasterInfo, RasterInputError, Stretch, compute_stretch, read_overview
+from .mapview import MapView, write_map_image
 from .upload import check_pixel_count
 
 
@@ -29,6 +30,7 @@ class Prepared:
     model_transform: Affine  # georeferencing of the model overview grid (logits, polygons, scores)
     display_shape: tuple[int, int]  # (h, w) of display.png, the grid of the PNG masks
     notices: list[str]
+    map_view: MapView | None  # where the page's map shows map.png (None: the CRS has no web-map place)
 
     def fields(self) -> dict[str, object]:
         """The fields as keyword arguments (shallow, unlike ``dataclasses.asdict``)."""
@@ -43,7 +45,7 @@ def client_message(exc: Exception, path: Path, filename: str) -> str:
 
 def prepare_files(folder: Path, path: Path, filename: str, bands: tuple[int, ...] | None, model_size: int,
                   display_max: int, max_pixels: int) -> Prepared:
-    """Check the header, then write display.png, valid.npy, model_valid.npy and canvas.npy."""
+    """Check the header, then write display.png, map.png, valid.npy, model_valid.npy and canvas.npy."""
     check_pixel_count(path, max_pixels)
     try:
         stretch = compute_stretch(path, bands)
@@ -60,5 +62,8 @@ def prepare_files(folder: Path, path: Path, filename: str, bands: tuple[int, ...
     np.save(folder / "model_valid.npy", model_view.valid)
     Image.fromarray(display.image).save(folder / "display.png", format="PNG", compress_level=1)
     notices = [client_message(Exception(n), path, filename) for n in display.notices]
+    map_view = write_map_image(folder, display, display_max)
+    if map_view is None:
+        notices.append(f"{filename}: its CRS cannot be shown on a web map; the page shows the answers' outlines only")
     return Prepared(info=info, stretch=stretch, box=box, model_transform=model_view.transform,
-                    display_shape=display.image.shape[:2], notices=notices)
+                    display_shape=display.image.shape[:2], notices=notices, map_view=map_view)

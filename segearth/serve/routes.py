@@ -12,10 +12,17 @@ from ..batch import parse_bands
 from ..geo.paths import output_stem
 from .engine import FILE_NAMES, Engine, Format
 from .limits import DiskFull, check_questions
+from .mapview import MAP_FILE
 from .schemas import AnswerOut, AskRequest, AskResponse, ImageMeta
 from .settings import ServeSettings
-from .store import ImageRecord, ImageStore
-from .upload import UploadRejected, UploadTooLarge, save_multipart, save_raw, sniff_format
+from .store import ImageRecord, ImageStore, UnknownImage
+from .upload import (
+    UploadRejected,
+    UploadTooLarge,
+    save_multipart,
+    save_raw,
+    sniff_format,
+)
 from .workers import PreparePool
 
 MEDIA = {"geotiff": "image/tiff", "geojson": "application/geo+json", "png": "image/png"}
@@ -107,6 +114,14 @@ def image_routes(settings: ServeSettings, store: ImageStore, engine: Engine, pre
     def preview(image_id: str) -> FileResponse:
         """The RGB preview the page shows (same stretch as the model's input)."""
         return FileResponse(store.get(image_id).folder / "display.png", media_type="image/png")
+
+    @router.get("/images/{image_id}/map.png", tags=["images"], response_class=FileResponse)
+    def map_image(image_id: str) -> FileResponse:
+        """The preview as RGBA on the web map's grid (Web Mercator for georeferenced images); see `map`."""
+        record = store.get(image_id)
+        if record.map_view is None:
+            raise UnknownImage(f"image {image_id} cannot be shown on a web map (its CRS has no Web Mercator place)")
+        return FileResponse(record.folder / MAP_FILE, media_type="image/png")
 
     @router.post("/images/{image_id}/ask", tags=["questions"], response_model=AskResponse)
     async def ask(image_id: str, body: AskRequest) -> AskResponse:

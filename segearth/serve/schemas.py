@@ -9,6 +9,14 @@ from pydantic import BaseModel, Field
 from .store import Answer, ImageRecord
 
 
+class MapPlacement(BaseModel):
+    mode: Literal["geographic", "pixel"] = Field(
+        description="geographic: Web Mercator map, bounds in degrees; pixel: a plain plane in the GeoJSON's units")
+    bounds: list[list[float]] = Field(description="[[south, west], [north, east]] of `url` (lat/lon or y/x)")
+    flip_y: bool = Field(description="pixel mode: the map's y is minus the GeoJSON's y (rows grow downwards)")
+    url: str = Field(description="RGBA image (nodata transparent) to stretch over `bounds`")
+
+
 class ImageMeta(BaseModel):
     id: str = Field(description="Server-chosen id of the uploaded image")
     filename: str = Field(description="The client's file name (a label only)")
@@ -25,6 +33,7 @@ class ImageMeta(BaseModel):
     rgb_bands: list[int] = Field(description="1-based bands shown as red, green, blue")
     notices: list[str]
     preview: dict[str, int | str] = Field(description="url, width and height of the RGB preview")
+    map: MapPlacement | None = Field(description="Where the web page's map shows the image (null: it cannot)")
     answers: int = Field(description="Questions asked about this image so far")
 
     @classmethod
@@ -38,6 +47,9 @@ class ImageMeta(BaseModel):
             transform=list(info.transform)[:6], georeferenced=info.has_georeference,
             rgb_bands=list(r.stretch.bands), notices=r.notices,
             preview={"url": f"/images/{r.id}/preview.png", "width": w, "height": h}, answers=len(r.answers),
+            map=None if r.map_view is None else MapPlacement(
+                mode=r.map_view.mode, bounds=[list(c) for c in r.map_view.bounds], flip_y=r.map_view.flip_y,
+                url=f"/images/{r.id}/map.png"),
         )
 
 

@@ -5,6 +5,7 @@ Layout (every name chosen by the server, never by the client)::
     <tmp>/segearth-serve-XXXX/server.lock                     flock held while the server runs; holds its pid
     <tmp>/segearth-serve-XXXX/<image id>/raster.tif|png|jpg   the upload
                                         display.png            RGB preview (long side <= display_max)
+                                        map.png                RGBA preview on a Web Mercator grid (see mapview)
                                         valid.npy              nodata mask on the preview grid
                                         model_valid.npy        nodata mask on the model overview grid
                                         canvas.npy             letterboxed model input (cache misses)
@@ -36,6 +37,7 @@ from affine import Affine
 from ..geo.letterbox import Letterbox
 from ..geo.read import RasterInfo, Stretch
 from .limits import DiskFull
+from .mapview import MapView
 
 PREFIX = "segearth-serve-"
 LOCK_NAME = "server.lock"
@@ -114,6 +116,7 @@ class ImageRecord:
     model_transform: Affine  # georeferencing of the model overview grid (logits, polygons, scores)
     display_shape: tuple[int, int]  # (h, w) of display.png, the grid of the PNG masks
     notices: list[str]
+    map_view: MapView | None  # placement of map.png on the page's map
     created: float = field(default_factory=time.time)
     answers: list[Answer] = field(default_factory=list)  # the newest ``max_answers``, oldest first
     next_answer: int = 1

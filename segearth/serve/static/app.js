@@ -1,13 +1,15 @@
-// segearth serve: the web page. Plain JavaScript with no dependency, so it works with no internet.
+// segearth serve: the web page. Plain JavaScript plus the vendored Leaflet (static/vendor), so it
+// works with no internet; the only outside request is a basemap the user chooses to add.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, answer: null, view: { scale: 1, x: 0, y: 0 } };
+const state = { image: null, answer: null, map: null, imageLayer: null, answerLayer: null, basemap: null };
 
 // ---- API calls: every failure becomes one readable sentence -------------------------------------
 // A server started with --token wants it on every request; the page asks once and keeps it for the
 // tab (sessionStorage). Images and downloads are fetched the same way (an <img src> cannot send it).
 const TOKEN_KEY = "segearth-token";
+const BASEMAP_KEY = "segearth-basemap";
 
 async function request(path, options = {}) {
   const headers = new Headers(options.headers || {});
@@ -68,9 +70,10 @@ async function errorMessage(response) {
     401: "Access token needed",
     403: "Refused",
     404: "Not found",
-    413: "File too large",
+    413: "Too large",
     422: "Cannot use this input",
-    503: "The model is busy",
+    500: "Server error",
+    503: "The server is busy",
     504: "Timed out",
     507: "Server storage full",
   };
@@ -91,6 +94,73 @@ function clearError() {
 
 function setStatus(text) {
   $("status").textContent = text;
+}
+
+function rows(target, pairs) {
+  const table = document.createElement("table");
+  for (const [k, v] of pairs) table.insertRow().append(...[k, v].map((t) => {
+    const td = document.createElement("td");
+    td.textContent = t;
+    return td;
+  }));
+  target.replaceChildren(table);
+}
+
+// ---- the map: Web Mercator for georeferenced images, a pixel plane otherwise --------------------
+// The server warps each georeferenced preview onto a Web Mercator grid and gives its lon/lat
+// corners, so an image overlay stretched between them is exact; answers are WGS84 GeoJSON.
+function geographic() {
+  return !state.image || !state.image.map || state.image.map.mode === "geographic";
+}
+
+function toLatLng(coords) {
+  const flip = state.image && state.image.map && state.image.map.flip_y;
+  return L.latLng(flip ? -coords[1] : coords[1], coords[0], coords[2]);
+}
+
+function newMap() {
+  if (state.map) state.map.remove();
+  state.imageLayer = state.answerLayer = state.basemap = null;
+  const map = L.map("map", {
+    crs: geographic() ? L.CRS.EPSG3857 : L.CRS.Simple,
+    minZoom: geographic() ? 1 : -6,
+    maxZoom: 24,
+    zoomSnap: 0.25,
+    attributionControl: false,
+    worldCopyJump: geographic(),
+  });
+  if (geographic()) L.control.scale({ imperial: false }).addTo(map);
+  map.setView([0, 0], geographic() ? 2 : 0);
+  map.on("mousemove", showCoordinates);
+  map.on("mouseout", () => { $("coords").textContent = "—"; });
+  state.map = map;
+  window.segearthMap = map; // for the browser test and the console
+  applyBasemap();
+}
+
+function applyBasemap() {
+  const url = $("basemap").value.trim();
+  localStorage.setItem(BASEMAP_KEY, url);
+  if (state.basemap) state.basemap.remove();
+  state.basemap = null;
+  if (!url || !geographic()) return;
+  if (!/\{z\}/.test(url) || !/\{x\}/.test(url) || !/\{y\}/.test(url)) {
+    showError("A basemap URL needs {z}, {x} and {y} in it.");
+    return;
+  }
+  state.basemap = L.tileLayer(url, { maxZoom: 24, maxNativeZoom: 19 }).addTo(state.map);
+  state.basemap.bringToBack();
+}
+
+function showCoordinates(event) {
+  const p = event.latlng;
+  if (geographic()) {
+    const lon = ((p.lng + 540) % 360) - 180;
+    $("coords").textContent = "lon " + lon.toFixed(6) + "° · lat " + p.lat.toFixed(6) + "°";
+  } else {
+    const y = state.image.map.flip_y ? -p.lat : p.lat;
+    $("coords").textContent = "x " + p.lng.toFixed(1) + " · y " + y.toFixed(1) + " (pixel coordinates)";
+  }
 }
 
 // ---- images: upload, pick, delete ---------------------------------------------------------------
@@ -127,20 +197,26 @@ async function upload(file) {
 async function selectImage(id) {
   clearError();
   state.image = null;
-  state.answer = null;
   showAnswer(null);
   $("history").replaceChildren();
   $("meta").replaceChildren();
   $("ask").disabled = $("delete").disabled = !id;
-  $("image").removeAttribute("src");
   $("placeholder").hidden = !!id;
-  if (!id) return;
+  if (!id) {
+    newMap();
+    return;
+  }
   try {
     state.image = await api("/images/" + id);
     showMeta(state.image);
-    const img = $("image");
-    img.onload = fitView;
-    img.src = await blobUrl(state.image.preview.url);
+    newMap();
+    const view = state.image.map;
+    if (view) {
+      const bounds = L.latLngBounds(view.bounds);
+      const url = await blobUrl(view.url);
+      state.imageLayer = L.imageOverlay(url, bounds, { opacity: Number($("image-opacity").value) }).addTo(state.map);
+      state.map.fitBounds(bounds);
+    }
     for (const answer of await api("/images/" + id + "/answers")) addHistory(answer);
   } catch (err) {
     showError(err.message);
@@ -149,7 +225,7 @@ async function selectImage(id) {
 
 function showMeta(m) {
   const fmt = (v) => Number(v).toLocaleString(undefined, { maximumFractionDigits: 6 });
-  const rows = [
+  const pairs = [
     ["file", m.filename],
     ["format", m.format + ", " + (m.size_bytes / 1048576).toFixed(2) + " MB"],
     ["size", m.width + " × " + m.height + " px"],
@@ -157,8 +233,8 @@ function showMeta(m) {
     ["CRS", m.crs || "none (pixel coordinates)"],
     ["bounds", m.bounds.map(fmt).join(", ")],
   ];
-  for (const note of m.notices) rows.push(["note", note]);
-  $("meta").replaceChildren(...rows.flatMap(([k, v]) => {
+  for (const note of m.notices) pairs.push(["note", note]);
+  $("meta").replaceChildren(...pairs.flatMap(([k, v]) => {
     const dt = document.createElement("dt");
     const dd = document.createElement("dd");
     dt.textContent = k;
@@ -191,12 +267,12 @@ async function ask(event) {
     const result = await api("/images/" + state.image.id + "/ask", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ questions: [question], format: "png" }),
+      body: JSON.stringify({ questions: [question], format: "geojson" }),
     });
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     setStatus("Answered in " + seconds + " s" + (result.cached_features ? " (cached image features)." : "."));
     for (const answer of result.answers) addHistory(answer);
-    showAnswer(result.answers[result.answers.length - 1]);
+    await showAnswer(result.answers[result.answers.length - 1]);
   } catch (err) {
     setStatus("");
     showError(err.message);
@@ -213,130 +289,77 @@ function addHistory(answer) {
   $("history").append(li);
 }
 
-function showAnswer(answer) {
+function area(properties) {
+  if (properties.area_m2 !== undefined) {
+    const m2 = properties.area_m2;
+    return m2 >= 1e5 ? (m2 / 1e6).toFixed(3) + " km²" : Math.round(m2).toLocaleString() + " m²";
+  }
+  return Math.round(properties.area_px || 0).toLocaleString() + " px";
+}
+
+function popup(answer, properties) {
+  const box = document.createElement("div");
+  rows(box, [
+    ["question", answer.question],
+    ["area", area(properties)],
+    ["mean probability", (properties.mean_probability ?? 0).toFixed(3)],
+  ]);
+  return box;
+}
+
+async function showAnswer(answer) {
   state.answer = answer;
-  const overlay = $("overlay");
+  if (state.answerLayer) state.answerLayer.remove();
+  state.answerLayer = null;
   for (const li of $("history").children) {
     li.classList.toggle("active", !!answer && Number(li.dataset.number) === answer.number);
   }
+  $("downloads").hidden = !answer;
   if (!answer) {
-    overlay.hidden = true;
-    overlay.removeAttribute("src");
-    $("downloads").hidden = true;
     $("scores").textContent = "No answer shown.";
     return;
   }
-  overlay.onload = () => { overlay.hidden = false; };
-  overlay.onerror = () => showError("The mask image could not be loaded.");
-  blobUrl(answer.downloads.png).then((url) => { if (state.answer === answer) overlay.src = url; },
-                                     (err) => showError(err.message));
-  $("downloads").hidden = false;
   const s = answer.scores;
-  const rows = [
+  const pairs = [
     ["question", answer.question],
     ["target", (100 * s.target_fraction).toFixed(2) + " % of the image"],
     ["mean probability", s.mean_probability.toFixed(3)],
     ["regions", String(s.regions)],
   ];
-  if (s.area_m2 !== null) rows.push(["area", (s.area_m2 / 1e6).toFixed(3) + " km²"]);
-  const table = document.createElement("table");
-  for (const [k, v] of rows) table.insertRow().append(...[k, v].map((t) => {
-    const td = document.createElement("td");
-    td.textContent = t;
-    return td;
-  }));
-  $("scores").replaceChildren(table);
-}
-
-// ---- pan, zoom and the cursor's coordinates -----------------------------------------------------
-function applyView() {
-  const v = state.view;
-  $("stage").style.transform = "translate(" + v.x + "px," + v.y + "px) scale(" + v.scale + ")";
-}
-
-function fitView() {
-  if (!state.image) return;
-  const box = $("viewer").getBoundingClientRect();
-  const { width, height } = state.image.preview;
-  const scale = Math.min(box.width / width, box.height / height) * 0.95;
-  state.view = { scale, x: (box.width - width * scale) / 2, y: (box.height - height * scale) / 2 };
-  applyView();
-}
-
-function zoomAt(factor, cx, cy) {
-  const v = state.view;
-  const scale = Math.min(64, Math.max(0.05, v.scale * factor));
-  // Keep the image point under (cx, cy) fixed while the scale changes.
-  v.x = cx - (cx - v.x) * (scale / v.scale);
-  v.y = cy - (cy - v.y) * (scale / v.scale);
-  v.scale = scale;
-  applyView();
-}
-
-function showCoordinates(event) {
-  const m = state.image;
-  if (!m) return;
-  const box = $("viewer").getBoundingClientRect();
-  const v = state.view;
-  const px = (event.clientX - box.left - v.x) / v.scale;
-  const py = (event.clientY - box.top - v.y) / v.scale;
-  if (px < 0 || py < 0 || px > m.preview.width || py > m.preview.height) {
-    $("coords").textContent = "outside the image";
-    return;
+  if (s.area_m2 !== null) pairs.push(["area", (s.area_m2 / 1e6).toFixed(3) + " km²"]);
+  rows($("scores"), pairs);
+  try {
+    const collection = await api(answer.downloads.geojson);
+    if (state.answer !== answer) return; // another answer was picked meanwhile
+    const opacity = Number($("answer-opacity").value);
+    state.answerLayer = L.geoJSON(collection, {
+      coordsToLatLng: toLatLng,
+      style: { color: "#ff3b30", weight: 1.5, opacity: Math.min(1, opacity + 0.4), fillColor: "#ff3b30",
+               fillOpacity: opacity, className: "answer-polygon" },
+      onEachFeature: (feature, layer) => layer.bindPopup(popup(answer, feature.properties)),
+    }).addTo(state.map);
+    if (!state.imageLayer && collection.features.length) state.map.fitBounds(state.answerLayer.getBounds());
+  } catch (err) {
+    showError(err.message);
   }
-  const col = px * m.width / m.preview.width;
-  const row = py * m.height / m.preview.height;
-  let text = "pixel " + Math.floor(col) + ", " + Math.floor(row);
-  if (m.georeferenced) {
-    const [a, b, c, d, e, f] = m.transform;
-    const x = a * col + b * row + c;
-    const y = d * col + e * row + f;
-    const digits = Math.abs(a) < 0.01 ? 6 : 2; // degrees need more decimals than metres
-    text += " · " + (m.crs || "custom CRS") + " · x " + x.toFixed(digits) + " · y " + y.toFixed(digits);
-  }
-  $("coords").textContent = text;
-}
-
-function setUpViewer() {
-  const viewer = $("viewer");
-  let drag = null;
-  viewer.addEventListener("wheel", (event) => {
-    event.preventDefault();
-    const box = viewer.getBoundingClientRect();
-    zoomAt(event.deltaY < 0 ? 1.2 : 1 / 1.2, event.clientX - box.left, event.clientY - box.top);
-  }, { passive: false });
-  viewer.addEventListener("pointerdown", (event) => {
-    if (event.target.closest("#zoom")) return;
-    drag = { x: event.clientX - state.view.x, y: event.clientY - state.view.y };
-    viewer.classList.add("dragging");
-    viewer.setPointerCapture(event.pointerId);
-  });
-  viewer.addEventListener("pointermove", (event) => {
-    if (drag) {
-      state.view.x = event.clientX - drag.x;
-      state.view.y = event.clientY - drag.y;
-      applyView();
-    }
-    showCoordinates(event);
-  });
-  viewer.addEventListener("pointerup", () => { drag = null; viewer.classList.remove("dragging"); });
-  viewer.addEventListener("dblclick", fitView);
-  const centre = () => { const b = viewer.getBoundingClientRect(); return [b.width / 2, b.height / 2]; };
-  $("zoom-in").addEventListener("click", () => zoomAt(1.5, ...centre()));
-  $("zoom-out").addEventListener("click", () => zoomAt(1 / 1.5, ...centre()));
-  $("zoom-fit").addEventListener("click", fitView);
-  window.addEventListener("resize", fitView);
 }
 
 // ---- start --------------------------------------------------------------------------------------
 async function start() {
-  setUpViewer();
+  $("basemap").value = localStorage.getItem(BASEMAP_KEY) || "";
+  newMap();
   $("file").addEventListener("change", () => { if ($("file").files[0]) upload($("file").files[0]); });
   $("images").addEventListener("change", () => selectImage($("images").value));
   $("delete").addEventListener("click", deleteImage);
   $("ask-form").addEventListener("submit", ask);
-  $("opacity").addEventListener("input", () => { $("overlay").style.opacity = $("opacity").value; });
-  $("overlay").style.opacity = $("opacity").value;
+  $("image-opacity").addEventListener("input", () => {
+    if (state.imageLayer) state.imageLayer.setOpacity(Number($("image-opacity").value));
+  });
+  $("answer-opacity").addEventListener("input", () => {
+    const opacity = Number($("answer-opacity").value);
+    if (state.answerLayer) state.answerLayer.setStyle({ fillOpacity: opacity, opacity: Math.min(1, opacity + 0.4) });
+  });
+  $("basemap").addEventListener("change", applyBasemap);
   $("error-close").addEventListener("click", clearError);
   $("token-form").addEventListener("submit", useToken);
   for (const fmt of ["geotiff", "geojson", "png"]) {
