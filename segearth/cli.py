@@ -121,7 +121,7 @@ def predict(
                                       "faster and smaller, masks agree closely but not exactly with float32."),
     overwrite: bool = typer.Option(False, help="Replace existing output files."),
     skip_existing: bool = typer.Option(False, help="Skip questions whose outputs already exist (resume a batch)."),
-    ray: str = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (pip install 'segearth[ray]'): local "
+    ray: str = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (pip install 'segearth\\[ray]'): local "
                             "(start Ray on this machine), auto (the cluster this machine belongs to) or "
                             "ray://HOST:PORT. --out must be a folder every node mounts at the same path. A rerun "
                             "skips the items recorded in --out/segearth-done.jsonl."),

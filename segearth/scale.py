@@ -259,7 +259,7 @@ def _drain(ray: Any, workers: list[Any], jobs: list[Job], log: DoneLog, report: 
             except ray.exceptions.RayError as exc:  # the worker died, or a bug: the batch goes on
                 result, error = None, _first_line(exc)
             if result is None:
-                report.fail(source_name(job.image), error or "unknown error", console)
+                report.fail(source_name(job.image), str(error), console)
             else:
                 report.done.append(result)
                 for answer in result.results:
