@@ -10,13 +10,33 @@ weighted sum. It runs on any device and dtype.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Bilinear corner reads per chunk of queries: bounds the index/weight tensors (~25 MB) and keeps
-# them in cache; much smaller chunks pay per-op overhead instead.
-_CORNERS_PER_CHUNK = 1 << 20
+# Bilinear corner reads per chunk of queries: bounds the index/weight tensors (~50 MB) and keeps
+# the number of ops low (each op is a thread barrier; on a busy CPU many small ones stall).
+_CORNERS_PER_CHUNK = 1 << 21
+
+
+class _Layout(NamedTuple):
+    """Per-sample constants of the framed table, broadcastable to [B, Q, heads, levels, points]."""
+
+    width: torch.Tensor  # W of the sample's level (float)
+    height: torch.Tensor  # H of the sample's level (float)
+    down: torch.Tensor  # table rows between a pixel and the one below it
+    origin: torch.Tensor  # table row of pixel (0, 0) of the sample's level, image and head
+
+    def expand(self, *shape: int) -> "_Layout":
+        # Materialised, not broadcast: broadcasting over the short inner dimensions (levels,
+        # points) makes every elementwise op ~10x slower on CPU.
+        return _Layout(*(t.expand(shape).contiguous() for t in self))
+
+    def rows(self, q: int) -> "_Layout":
+        """The constants of the first ``q`` queries (a shorter last chunk)."""
+        return _Layout(*(t[:, :q] for t in self))
 
 
 def multi_scale_deformable_sampling(
@@ -40,24 +60,20 @@ def multi_scale_deformable_sampling(
     _, q, _, levels, points, _ = sampling_locations.shape
     if len(spatial_shapes) != levels:
         raise ValueError(f"{len(spatial_shapes)} spatial shapes for {levels} sampling levels")
-    table, origins = _framed_table(value, spatial_shapes)
+    table, layout = _framed_table(value, spatial_shapes)
     chunk = max(1, min(q, _CORNERS_PER_CHUNK // (b * heads * levels * points * 4)))
-    # Table row of pixel (0, 0) of each level for every (image, head), laid out like a chunk's
-    # samples so that the index arithmetic below never broadcasts over short inner dimensions
-    # (those loops run ~10x slower than contiguous ones on CPU).
-    head = torch.arange(heads, device=value.device).view(1, 1, heads, 1)
-    origins = [(origin * heads + head).expand(b, chunk, heads, points).contiguous() for origin in origins]
+    layout = layout.expand(b, chunk, heads, levels, points)
     out = table.new_empty(b, q, heads * head_dim)
     for i in range(0, q, chunk):
         out[:, i : i + chunk] = _sample_chunk(
-            table, spatial_shapes, origins, sampling_locations[:, i : i + chunk], attention_weights[:, i : i + chunk]
+            table, layout, sampling_locations[:, i : i + chunk], attention_weights[:, i : i + chunk]
         )
     return out.to(value.dtype)
 
 
-def _framed_table(value: torch.Tensor, spatial_shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """[B, S, heads, d] -> (fp32 table [B * S' * heads, d], per level the [B, 1, 1, 1] pixel index
-    of its pixel (0, 0)), each level framed by zeros: one row/column before, two after.
+def _framed_table(value: torch.Tensor, spatial_shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, _Layout]:
+    """[B, S, heads, d] -> (fp32 table [B * S' * heads, d], its layout), each level framed by zeros:
+    one row/column before, two after. Table rows are (image, framed pixel, head) triples.
 
     The frame makes zero padding free: a coordinate clamped to [-1, W] only reads corners inside
     the frame, and those outside the map read zeros, so no validity mask is needed. Two trailing
@@ -72,45 +88,46 @@ def _framed_table(value: torch.Tensor, spatial_shapes: list[tuple[int, int]]) ->
         framed[:, 1 : h + 1, 1 : w + 1] = v.reshape(b, h, w, heads * d)
         starts.append(start + (w + 3) + 1)  # skip the top frame row and the left frame column
         start += (h + 3) * (w + 3)
-    image = torch.arange(b, device=value.device).view(b, 1, 1, 1) * rows
-    return table.view(-1, d), [image + s for s in starts]
+
+    def per_level(values: list[int], dtype: torch.dtype) -> torch.Tensor:  # [levels, 1]
+        return torch.tensor(values, dtype=dtype, device=value.device).view(-1, 1)
+
+    image = torch.arange(b, device=value.device).view(b, 1, 1, 1, 1) * rows
+    head = torch.arange(heads, device=value.device).view(heads, 1, 1)
+    layout = _Layout(
+        width=per_level([w for _, w in spatial_shapes], torch.float32),
+        height=per_level([h for h, _ in spatial_shapes], torch.float32),
+        down=per_level([(w + 3) * heads for _, w in spatial_shapes], torch.int64),
+        origin=(image + per_level(starts, torch.int64)) * heads + head,
+    )
+    return table.view(-1, d), layout
 
 
 def _sample_chunk(
-    table: torch.Tensor,
-    spatial_shapes: list[tuple[int, int]],
-    origins: list[torch.Tensor],
-    locations: torch.Tensor,
-    attention_weights: torch.Tensor,
+    table: torch.Tensor, layout: _Layout, locations: torch.Tensor, attention_weights: torch.Tensor
 ) -> torch.Tensor:
     """[B, q, heads, levels, points, 2] locations -> [B, q, heads * d] weighted samples."""
     b, q, heads = locations.shape[:3]
+    layout = layout.rows(q)
     locations, attention_weights = locations.float(), attention_weights.float()
-    indices, weights = [], []
-    for lvl, (h, w) in enumerate(spatial_shapes):
-        x0, fx = _corner(locations[:, :, :, lvl, :, 0], w)
-        y0, fy = _corner(locations[:, :, :, lvl, :, 1], h)
-        # Table rows are (pixel, head) pairs: one pixel step is ``heads`` rows, one image row
-        # (frame included) is (w + 3) pixels.
-        down = (w + 3) * heads
-        top_left = x0 * heads + y0 * down + origins[lvl][:, :q]
-        indices += [top_left, top_left + heads, top_left + down, top_left + (down + heads)]
-        # Fold the attention weight into the bilinear corner weights: the bag's weighted sum then
-        # does the interpolation and the attention at once, with no [.., levels*points, d] tensor.
-        top, bottom = (1 - fy) * attention_weights[:, :, :, lvl], fy * attention_weights[:, :, :, lvl]
-        weights += [top * (1 - fx), top * fx, bottom * (1 - fx), bottom * fx]
+    x0, fx = _corner(locations[..., 0], layout.width)
+    y0, fy = _corner(locations[..., 1], layout.height)
+    top_left = x0 * heads + y0 * layout.down + layout.origin  # one pixel step is ``heads`` rows
+    index = torch.stack((top_left, top_left + heads, top_left + layout.down, top_left + layout.down + heads), -1)
+    # Fold the attention weight into the bilinear corner weights: the bag's weighted sum then does
+    # the interpolation and the attention at once, with no [.., levels*points, d] tensor.
+    top, bottom, left = (1 - fy) * attention_weights, fy * attention_weights, 1 - fx
+    weights = torch.stack((top * left, top * fx, bottom * left, bottom * fx), -1)
     bags = b * q * heads
-    out = F.embedding_bag(
-        torch.stack(indices, 3).view(bags, -1), table, per_sample_weights=torch.stack(weights, 3).view(bags, -1), mode="sum"
-    )
+    out = F.embedding_bag(index.view(bags, -1), table, per_sample_weights=weights.view(bags, -1), mode="sum")
     return out.view(b, q, -1)
 
 
-def _corner(coord: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _corner(coord: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised coordinate -> (integer pixel left of/above it, fractional offset from that pixel)."""
     pix = coord * size - 0.5  # align_corners=False: pixel i covers [i, i + 1), centre at i + 0.5
     # Into the zero frame: at -1 or ``size`` only zeros are read. ``where`` also sends NaN to -1.
-    pix = torch.where(pix > -1, pix, -1.0).clamp(max=size)
+    pix = torch.where(pix > -1, pix, -1.0).minimum(size)
     corner = pix.floor()
     return corner.long(), pix - corner
 
