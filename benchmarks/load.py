@@ -146,7 +146,7 @@ def old_load(folder: Path, dtype):
     for key, tensor in weights.items():
         if UNUSED_KEYS.match(key):
             continue
-        targets = expand_official(key, tuple(tensor.shape), heads)
+        targets = expand_official(key, tuple(tensor.shape))
         parts = split_fused_qkv(tensor, heads) if len(targets) == 3 else (tensor,)
         for (ours, _), part in zip(targets, parts):
             converted[ours] = part

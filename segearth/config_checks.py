@@ -1,173 +1,226 @@
-"""Checks on a checkpoint's ``config.json`` before anything is built or allocated.
+"""Typed configs from plain data (JSON, YAML): the one loader of the model and the training configs.
 
-Every value used to build the model is checked for type and range here, so a wrong value is
-reported as one line naming the file and the key instead of an ``int()`` traceback or an
-allocation of terabytes. The bounds are far above any SegEarth-R1 model (the released one has
-1.6 B parameters) but low enough that no value passing them alone can exhaust memory;
-:data:`MAX_PARAMETERS` then bounds the model as a whole (see ``checkpoint.check_model_size``).
+A config is a dataclass whose type hints say everything a value must be: ``Annotated[int, Range(1,
+256)]`` bounds a number, ``Literal[...]`` or :class:`OneOf` lists the choices, :class:`Length` fixes a
+sequence's length, ``X | None`` allows null, and a union of dataclasses is told apart by their
+``kind`` field. :func:`from_data` builds a config from a mapping and reports the first problem as one
+line naming the key path: an unknown key with the nearest valid one, a value of the wrong type or out
+of range with what was expected. Nothing is converted that could lose information (no ``"1"`` -> 1,
+no ``true`` -> 1), so a typo never becomes a silently different run or model.
+
+The bounds of the model config (:mod:`segearth.config`) are far above any SegEarth-R1 model (the
+released one has 1.6 B parameters) but low enough that no value passing them alone can exhaust
+memory; :data:`MAX_PARAMETERS` then bounds the model as a whole (``checkpoint.check_model_size``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import functools
 import json
 import math
-from dataclasses import fields
-from pathlib import Path
-from typing import Any, Callable
-
-from .checkpoint_io import CheckpointError
-from .config import (
-    DProjectorConfig,
-    EfficientNetConfig,
-    LossConfig,
-    MaskDecoderConfig,
-    MiniLMConfig,
-    PhiConfig,
-    PixelDecoderConfig,
-    SegEarthConfig,
-    SwinConfig,
-)
+import types
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Literal, Mapping, Union
 
 MAX_PARAMETERS = 10_000_000_000  # six times the released model
 MAX_IMAGE_SIZE = 4096  # 16x the pixels of the released 1024² input; activations grow with its square
 
-# Upper bounds of positive integers, by field name; any other integer is a width, a head count or a
-# stride, bounded by _MAX_WIDTH.
-_MAX_WIDTH = 1 << 16
-_INT_LIMITS = {
-    "vocab_size": 1 << 21,
-    "max_position_embeddings": 1 << 20,
-    "num_points": 1 << 24,
-    "num_hidden_layers": 256,
-    "num_layers": 256,
-    "num_encoder_layers": 256,
-    "depth": 256,
-    "depths": 256,
-    "image_size": MAX_IMAGE_SIZE,
-}
-_NON_NEGATIVE_INTS = {"pad_token_id"}
 
-_Check = tuple[str, Callable[[float], bool]]
-_FLOAT_RANGES: dict[str, _Check] = {
-    "layer_norm_eps": ("a number in (0, 1)", lambda x: 0 < x < 1),
-    "partial_rotary_factor": ("a number in (0, 1]", lambda x: 0 < x <= 1),
-    "rope_theta": ("a positive number", lambda x: x > 0),
-    "mlp_ratio": ("a number in (0, 64]", lambda x: 0 < x <= 64),
-    "drop_path_rate": ("a number in [0, 1)", lambda x: 0 <= x < 1),
-    "oversample_ratio": ("a number in [1, 100]", lambda x: 1 <= x <= 100),
-    "importance_sample_ratio": ("a number in [0, 1]", lambda x: 0 <= x <= 1),
-    "pixel_std": ("a positive number", lambda x: x > 0),
-}
-_DEFAULT_FLOAT: _Check = ("a non-negative number", lambda x: x >= 0)
-
-_CHOICES = {
-    "swin_type": ("base", "large"),
-    "mm_projector_type": ("SparseConv_1",),
-    "variant": ("lite0", "lite1", "lite2"),
-    "prompt_task": ("referring", "reasoning"),
-}
-_SECTIONS: dict[str, dict[str, type]] = {
-    "vision": {"swin": SwinConfig, "efficientnet": EfficientNetConfig},
-    "llm": {"phi": PhiConfig, "minilm": MiniLMConfig},
-    "d_projector": {"": DProjectorConfig},
-    "pixel_decoder": {"": PixelDecoderConfig},
-    "mask_decoder": {"": MaskDecoderConfig},
-    "loss": {"": LossConfig},
-}
-_SEQUENCE_LENGTHS = {"depths": 4, "num_heads": 4, "pixel_mean": 3, "pixel_std": 3}
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and what was expected."""
 
 
-class ConfigError(CheckpointError):
-    """A ``config.json`` value of the wrong type or out of range."""
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number (inclusive unless ``*_open``); ``step``: integers must be multiples of it."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    step: int | None = None
+
+    def admits(self, x: float) -> bool:
+        low_ok = self.low is None or (x > self.low if self.low_open else x >= self.low)
+        high_ok = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        return low_ok and high_ok and (self.step is None or x % self.step == 0)
+
+    def describe(self, integer: bool) -> str:
+        if self.low is None and self.high is None:
+            return "an integer" if integer else "a finite number"
+        if integer:
+            if self.step is not None:
+                return f"a multiple of {self.step} in [{self.low:,}, {self.high:,}]"
+            if self.low in (0, 1) and not self.low_open:
+                sign = "a positive" if self.low == 1 else "a non-negative"
+                return f"{sign} integer" + (f" <= {self.high:,}" if self.high is not None else "")
+            return f"an integer in [{self.low}, {self.high}]"
+        if self.high is None and self.low == 0:
+            return "a positive number" if self.low_open else "a non-negative number"
+        if self.high is None:
+            return f"a number {'>' if self.low_open else '>='} {self.low:g}"
+        return f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
 
-def validate_config(raw: dict, path: Path | str) -> None:
-    """Check every value of ``raw`` that builds the model; raise :class:`ConfigError` on the first bad one."""
-    if "segearth" not in raw:  # an official llava_phi config: the Phi keys plus a few of its own
-        for f in fields(PhiConfig):
-            if f.name != "kind" and f.name in raw:
-                _check(path, f.name, f.name, f.default, raw[f.name])
-        _check(path, "qk_layernorm", "qk_layernorm", False, raw.get("qk_layernorm", False))
-        for key in ("swin_type", "mm_projector_type"):
-            if key in raw:
-                _check(path, key, key, "", raw[key])
-        return
-    ours = raw["segearth"]
-    if not isinstance(ours, dict):
-        raise ConfigError(f"{path}: segearth must be an object, got {_show(ours)}")
-    top = {f.name: f for f in fields(SegEarthConfig)}
-    unknown = sorted(set(ours) - set(top))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) in segearth: {', '.join(unknown)}")
-    for name, value in ours.items():
-        key = f"segearth.{name}"
-        if name in _SECTIONS:
-            _check_section(path, key, name, value)
-        else:
-            _check(path, key, name, top[name].default, value)
-    size = ours.get("image_size", 1024)
-    if size % 64:
-        raise ConfigError(f"{path}: segearth.image_size must be a multiple of 64, got {size}")
+@dataclass(frozen=True)
+class OneOf:
+    """The strings a value may be; a callable is asked only when a value is checked (lazy imports)."""
+
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]]
+
+    def values(self) -> tuple[str, ...]:
+        return self.choices() if callable(self.choices) else self.choices
 
 
-def _check_section(path: Path | str, key: str, name: str, value: Any) -> None:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: {key} must be an object, got {_show(value)}")
-    kinds = _SECTIONS[name]
-    kind = value.get("kind", next(iter(kinds)))
-    if kind not in kinds:
-        raise ConfigError(f"{path}: {key}.kind must be one of {', '.join(sorted(kinds))}, got {_show(kind)}")
-    section = kinds[kind]
-    known = {f.name: f.default for f in fields(section)}
-    unknown = sorted(set(value) - set(known))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) in {key}: {', '.join(unknown)}")
-    for field_name, v in value.items():
-        _check(path, f"{key}.{field_name}", field_name, known[field_name], v)
+@dataclass(frozen=True)
+class Length:
+    """The number of items of a list or tuple."""
+
+    n: int
 
 
-def _check(path: Path | str, key: str, name: str, default: Any, value: Any) -> None:
-    """``value`` must have the type of ``default`` (the dataclass default) and lie in the range for ``name``."""
-    def fail(want: str) -> ConfigError:
-        return ConfigError(f"{path}: {key} must be {want}, got {_show(value)}")
+def from_data(
+    cls: type,
+    data: Any,
+    key: str = "",
+    *,
+    ignore_unknown: bool = False,
+    aliases: Mapping[str, str] | None = None,
+) -> Any:
+    """An instance of the dataclass ``cls`` from plain data; raises :class:`ConfigError`.
 
-    if isinstance(default, tuple):
-        length = _SEQUENCE_LENGTHS.get(name)
-        if not isinstance(value, list) or (length is not None and len(value) != length):
-            raise fail(f"a list of {length} values" if length else "a list")
-        for i, item in enumerate(value):
-            _check(path, f"{key}[{i}]", name, default[0], item)
-    elif isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise fail("true or false")
-    elif isinstance(default, int):
-        low = 0 if name in _NON_NEGATIVE_INTS else 1
-        high = _INT_LIMITS.get(name, _MAX_WIDTH)
-        want = f"{'a non-negative' if low == 0 else 'a positive'} integer <= {high:,}"
-        if type(value) is not int or not low <= value <= high:
-            raise fail(want)
-    elif isinstance(default, float):
-        what, ok = _FLOAT_RANGES.get(name, _DEFAULT_FLOAT)
-        if type(value) not in (int, float) or abs(value) > 1e300 or not math.isfinite(value) or not ok(value):
-            raise fail(what)
-    elif isinstance(default, str) or default is None:  # prompt_task's default is None
-        choices = _CHOICES.get(name) or (_activations() if name == "hidden_act" else None)
-        if default is None and value is None:
-            return
-        if not isinstance(value, str) or (choices and value not in choices):
-            raise fail(f"one of {', '.join(choices)}" if choices else "a string")
+    Args:
+        key: where ``data`` sits, for messages (``"segearth"`` -> ``segearth.llm.hidden_size``).
+        ignore_unknown: skip keys ``cls`` does not have (an official ``config.json`` mixes ours with
+            many others) instead of refusing them.
+        aliases: names people bring from elsewhere -> ours, suggested for an unknown key.
+    """
+    return _Loader(ignore_unknown, dict(aliases or {})).value(data, cls, key)
 
 
-def _activations() -> tuple[str, ...]:
-    from transformers.activations import ACT2FN
+def all_keys(cls: type, prefix: str = "") -> list[str]:
+    """Dotted paths of every leaf value of the dataclass ``cls`` (``optim.lr``, ...)."""
+    out = []
+    for name, hint in _hints(cls).items():
+        sub = _strip(hint)[0]
+        out += all_keys(sub, f"{prefix}{name}.") if dataclasses.is_dataclass(sub) else [f"{prefix}{name}"]
+    return out
 
-    return tuple(sorted(ACT2FN))
+
+def nearest(key: str, options: list[str], aliases: Mapping[str, str] | None = None) -> str:
+    """``"; did you mean 'x'?"`` for an unknown ``key`` (or the list of valid keys when none is close)."""
+    prefix, _, leaf = key.rpartition(".")
+    alias = (aliases or {}).get(leaf)
+    if alias is not None and f"{prefix}.{alias}".lstrip(".") in options:
+        return f"; did you mean {f'{prefix}.{alias}'.lstrip('.')!r}?"
+    match = difflib.get_close_matches(key, options, n=1, cutoff=0.4)
+    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(options)}"
 
 
 def _show(value: Any) -> str:
-    """A short JSON rendering of a bad value for the error line."""
+    """A short JSON rendering of a bad value for an error line."""
     try:
         text = json.dumps(value)
     except (TypeError, ValueError, RecursionError):
         text = type(value).__name__
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _strip(hint: Any) -> tuple[Any, list[Any]]:
+    """``Annotated[T, m1, m2]`` -> ``(T, [m1, m2])``."""
+    if typing.get_origin(hint) is Annotated:
+        base, *meta = typing.get_args(hint)
+        return base, meta
+    return hint, []
+
+
+def _kind(cls: type) -> str:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == "kind")
+
+
+@dataclass
+class _Loader:
+    ignore_unknown: bool
+    aliases: dict[str, str]
+
+    def value(self, value: Any, hint: Any, key: str) -> Any:
+        tp, meta = _strip(hint)
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            return self.dataclass(value, tp, key)
+        if origin in (Union, types.UnionType):
+            return self.union(value, typing.get_args(tp), key)
+        if origin in (list, tuple):
+            return self.sequence(value, tp, meta, key)
+
+        def fail(want: str) -> ConfigError:
+            return ConfigError(f"{key} must be {want}, got {_show(value)}")
+
+        if origin is Literal or tp is str:
+            choices = tuple(typing.get_args(tp)) if origin is Literal else None
+            choices = next((m.values() for m in meta if isinstance(m, OneOf)), choices)
+            if not isinstance(value, str) or (choices is not None and value not in choices):
+                raise fail(f"one of {', '.join(map(str, choices))}" if choices is not None else "a string")
+            return value
+        bounds = next((m for m in meta if isinstance(m, Range)), Range())
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise fail("true or false")
+            return value
+        if tp is int:
+            if type(value) is not int or not bounds.admits(value):
+                raise fail(bounds.describe(integer=True))
+            return value
+        if tp is float:
+            # JSON and YAML write 10000.0 as 10000: an integer is a lossless float.
+            if type(value) not in (int, float) or not math.isfinite(value) or not bounds.admits(value):
+                raise fail(bounds.describe(integer=False))
+            return float(value)
+        raise TypeError(f"{key}: no rule to check values of type {tp!r}")  # a config class bug
+
+    def dataclass(self, value: Any, cls: type, key: str) -> Any:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key or 'the config'} must be a mapping of keys, got {_show(value)}")
+        hints = _hints(cls)
+        prefix = f"{key}." if key else ""
+        unknown = [k for k in value if k not in hints]
+        if unknown and not self.ignore_unknown:
+            full = f"{prefix}{unknown[0]}"
+            raise ConfigError(f"unknown config key {full!r}" + nearest(full, [prefix + n for n in hints], self.aliases))
+        kwargs = {name: self.value(value[name], hint, prefix + name) for name, hint in hints.items() if name in value}
+        return cls(**kwargs)
+
+    def union(self, value: Any, options: tuple[Any, ...], key: str) -> Any:
+        if value is None and type(None) in options:
+            return None
+        options = tuple(o for o in options if o is not type(None))
+        if all(dataclasses.is_dataclass(o) for o in options):  # alternatives told apart by their "kind"
+            kinds = {_kind(o): o for o in options}
+            if not isinstance(value, dict):
+                return self.dataclass(value, options[0], key)  # refused: not a mapping
+            kind = value.get("kind", next(iter(kinds)))
+            if kind not in kinds:
+                raise ConfigError(f"{key}.kind must be one of {', '.join(sorted(kinds))}, got {_show(kind)}")
+            return self.dataclass(value, kinds[kind], key)
+        (only,) = options  # X | None; unions of plain types are not part of any config
+        return self.value(value, only, key)
+
+    def sequence(self, value: Any, tp: Any, meta: list[Any], key: str) -> Any:
+        args = typing.get_args(tp)
+        fixed = typing.get_origin(tp) is tuple and not (len(args) == 2 and args[1] is Ellipsis)
+        length = len(args) if fixed else next((m.n for m in meta if isinstance(m, Length)), None)
+        if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
+            raise ConfigError(
+                f"{key} must be {f'a list of {length} values' if length is not None else 'a list'}, got {_show(value)}"
+            )
+        items = [self.value(v, args[i] if fixed else args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if typing.get_origin(tp) is tuple else items

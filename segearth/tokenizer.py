@@ -15,8 +15,6 @@ from transformers.utils import logging as hf_logging
 
 from .modeling.prompt import EOS, SEG
 
-BYTE_VOCAB_SIZE = 259
-
 
 def _gpt2_byte_symbols() -> list[int]:
     """Bytes in GPT-2's order: printable ones first, the rest after."""

@@ -13,12 +13,15 @@ from typer.testing import CliRunner
 from segearth import SegEarthR1, released_config
 from segearth.checkpoint import (
     CheckpointError,
-    load_official_weights,
     load_pretrained,
+    load_weights,
+    map_key,
+    official_key,
     plan_load,
     save_pretrained,
     to_official_state_dict,
 )
+from segearth.checkpoint_io import InMemoryTensors
 from segearth.cli import app
 from segearth.modeling.llm import fuse_qkv, split_fused_qkv
 
@@ -33,7 +36,7 @@ def test_every_released_key_is_consumed_with_its_shape():
     with torch.device("meta"):
         model = SegEarthR1(released_config(vocab_size=vocab))
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    report = plan_load(ours, official, num_heads=32)
+    report = plan_load(ours, official)
     assert report.ok, report.message("full_keys.json")
     assert report.missing == []
     # exactly the parameters the official model saves but never uses for a mask are dropped
@@ -48,18 +51,34 @@ def test_every_released_key_is_consumed_with_its_shape():
     assert used == sum(p.numel() for p in model.parameters())
 
 
-def test_vocab_follows_the_checkpoint():
+def test_vocab_follows_the_checkpoint(small_model, tmp_path):
+    save_pretrained(small_model, tmp_path / "ckpt")
+    _edit_config(tmp_path / "ckpt", lambda r: r["segearth"]["llm"].update(vocab_size=300))  # tensors: 259
+    assert load_pretrained(tmp_path / "ckpt").cfg.llm.vocab_size == 259
+
+
+def test_key_rules_map_both_ways_on_every_key():
+    """One table, read both ways: official -> ours -> official is the identity on every released key,
+    and ours -> official -> ours on every key of our model."""
+    require_shared(FULL_KEYS)
+    official = [k["key"] for k in json.loads(FULL_KEYS.read_text())["keys"]]
+    mapped = [k for k in official if map_key(k) is not None]
+    assert len(mapped) > 0.9 * len(official)
+    fused = [k for k in mapped if ".query_key_value." in k]
+    assert all(official_key(map_key(k)) == k for k in mapped)
+    assert fused and all(map_key(k).startswith("llm.phi.layers.") for k in fused)
     with torch.device("meta"):
-        model = SegEarthR1(released_config(vocab_size=50297))
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    ckpt = {k: s for k, s in to_official_shapes(model).items()}
-    ckpt["model.embed_tokens.weight"] = (51200, 2048)
-    assert not plan_load(ours, ckpt, 32).ok
-    assert plan_load(ours, ckpt, 32, vocab_follows_checkpoint=True).ok
+        model = SegEarthR1(released_config())
+    for key in model.state_dict():
+        assert map_key(official_key(key)) == key, key
 
 
-def to_official_shapes(model):
-    return {k: tuple(v.shape) for k, v in to_official_state_dict(model).items()}
+def test_numbered_rules_keep_their_number():
+    assert map_key("d_layers.layers.12.1.net.0.weight") == "d_projector.layers.12.ff.net.0.weight"
+    assert official_key("d_projector.layers.3.attn.to_q.weight") == "d_layers.layers.3.0.to_q.weight"
+    assert map_key("model.layers.7.mlp.fc1.weight") == "llm.phi.layers.7.mlp.fc1.weight"
+    assert map_key("model.rotary.inv_freq") is None  # only the Phi parts, not any model.* key
+    assert official_key("llm.bert.embeddings.word_embeddings.weight") == "llm.bert.embeddings.word_embeddings.weight"
 
 
 def test_fused_qkv_split_is_per_head_interleaved():
@@ -84,7 +103,7 @@ def test_missing_unexpected_and_misshaped_keys_are_all_listed(small_model):
     weights["local_project.weight"] = torch.zeros(3, 3)
     weights["some.extra.tensor"] = torch.zeros(1)
     with pytest.raises(CheckpointError) as err:
-        load_official_weights(small_model, weights, "broken")
+        load_weights(small_model, InMemoryTensors(weights, "broken"), "broken")
     msg = str(err.value)
     assert "llm.phi.final_layernorm.bias" in msg and "missing" in msg
     assert "some.extra.tensor" in msg and "unexpected" in msg
@@ -181,12 +200,15 @@ def _official_only(raw):
          'segearth.llm.hidden_size must be a positive integer <= 65,536, got "abc"'),
         (lambda r: r["segearth"]["vision"].update(depths=[2, 2]), "segearth.vision.depths must be a list of 4 values"),
         (lambda r: r["segearth"]["vision"].update(depths=[2, 2, 2.5, 2]), "segearth.vision.depths[2] must be a positive"),
-        (lambda r: r["segearth"].update(image_size=100), "segearth.image_size must be a multiple of 64, got 100"),
+        (lambda r: r["segearth"].update(image_size=100), "segearth.image_size must be a multiple of 64 in [64, 4,096], got 100"),
         (lambda r: r["segearth"]["loss"].update(mask_weight=float("nan")), "segearth.loss.mask_weight must be a non-negative"),
         (lambda r: r["segearth"]["pixel_decoder"].update(conv_dim=True), "segearth.pixel_decoder.conv_dim must be a positive"),
         (lambda r: r["segearth"]["llm"].update(hidden_act="swish!"), "segearth.llm.hidden_act must be one of"),
         (lambda r: r["segearth"].update(prompt_task="chat"), "segearth.prompt_task must be one of referring, reasoning"),
-        (lambda r: r["segearth"]["mask_decoder"].update(heads=4), "unknown key(s) in segearth.mask_decoder: heads"),
+        (lambda r: r["segearth"]["mask_decoder"].update(heads=4),
+         "unknown config key 'segearth.mask_decoder.heads'; did you mean 'segearth.mask_decoder.num_heads'?"),
+        (lambda r: r["segearth"]["vision"].update(kind="vit"), 'segearth.vision.kind must be one of efficientnet, swin, got "vit"'),
+        (lambda r: r["segearth"].update(llm=[]), "segearth.llm must be a mapping of keys, got []"),
         (lambda r: (_official_only(r), r.update(hidden_size="abc")), 'hidden_size must be a positive integer <= 65,536, got "abc"'),
         (lambda r: (_official_only(r), r.update(num_hidden_layers=-3)), "num_hidden_layers must be a positive integer <= 256, got -3"),
         (lambda r: (_official_only(r), r.update(layer_norm_eps="1e-5")), 'layer_norm_eps must be a number in (0, 1), got "1e-5"'),
