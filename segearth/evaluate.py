@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -42,6 +43,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .data.registry import DATASETS, get_dataset
 from .report import CaseCollector, EvalResult, SampleRecord, check_outputs, print_summary, write_reports
 
 # torch, rasterio and transformers are imported where they are used: the command line imports this
@@ -51,11 +53,9 @@ if TYPE_CHECKING:
     from .metrics import SampleScore
     from .predictor import Predictor
 
-DATASETS = ("earthreason", "rrsisd", "refsegrs", "landcover")
-#: Prompt template per dataset: EarthReason's reasoning one, the referring one for RRSIS-D and RefSegRS
-#: (as in the official evaluation); land cover mixes both kinds and uses the reasoning template.
-DATASET_TASKS = {"earthreason": "reasoning", "rrsisd": "referring", "refsegrs": "referring", "landcover": "reasoning"}
 DEFAULT_OUT = Path("segearth-eval")
+#: The registered dataset names as the choices of ``--dataset`` (shown in ``--help``, checked by typer).
+DatasetName = Enum("DatasetName", {name: name for name in DATASETS}, type=str)
 COLOUR_BITS = 5
 #: The colour prior reads at most this many train images (evenly spaced), so that a large train
 #: split (RRSIS-D: thousands of images) costs seconds, not the time of the evaluation itself.
@@ -65,20 +65,12 @@ ToGrid = Callable[[np.ndarray], np.ndarray]
 
 
 def load_samples(dataset: str, split: str, data_root: Path, first_question_only: bool = False) -> list[Sample]:
-    """The samples of one split of one dataset (layout errors raise naming the missing file)."""
-    from .data import RRSISD, EarthReason, LandCover, RefSegRS
-
-    if dataset == "earthreason":
-        return EarthReason(data_root, split, first_question_only=first_question_only).samples
-    if dataset == "rrsisd":
-        return RRSISD(data_root, split, first_sentence_only=first_question_only).samples
-    if dataset == "refsegrs":  # one phrase per line: already the official behaviour
-        return RefSegRS(data_root, split).samples
-    if dataset == "landcover":
-        if first_question_only:
-            raise ValueError("--first-question-only applies to earthreason and rrsisd, not to landcover")
-        return LandCover(data_root, split).samples
-    raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    """The samples of one split of a registered dataset (layout errors raise naming the missing file)."""
+    spec = get_dataset(dataset)
+    if first_question_only and spec.first_question_option is None:
+        having = ", ".join(name for name, d in DATASETS.items() if d.first_question_option is not None)
+        raise ValueError(f"--first-question-only applies to {having}, not to {dataset}")
+    return spec.samples(data_root, split, first_question_only)
 
 
 def group_by_image(samples: Sequence[Sample]) -> list[list[Sample]]:
@@ -282,7 +274,7 @@ def evaluate(
 def fit_prior_for(dataset: str, split: str, data_root: Path, samples: Sequence[Sample],
                   on_image: Callable[[int, int], None] | None = None) -> tuple[ColourPrior | None, list[str]]:
     """The colour prior from ``dataset``'s train split when the samples have classes, plus report notes."""
-    if not any(s.class_name for s in samples):
+    if not get_dataset(dataset).classes or not any(s.class_name for s in samples):
         return None, []
     try:
         train = load_samples(dataset, "train", data_root)
@@ -311,7 +303,7 @@ def run_eval(dataset: str, split: str, data_root: Path, model: Path | None, out:
     samples = load_samples(dataset, split, data_root, first_question_only)[:limit]
     if not samples:
         raise ValueError(f"{dataset} {split!r} under {data_root} has no samples")
-    task = task or DATASET_TASKS[dataset]
+    task = task or get_dataset(dataset).task
     predictor, model_name = load_predictor(model, task, device, dtype)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
@@ -336,12 +328,12 @@ def run_eval(dataset: str, split: str, data_root: Path, model: Path | None, out:
 
 
 def eval_command(
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help=f"Benchmark: {', '.join(DATASETS)}.")],
+    dataset: Annotated[DatasetName, typer.Option("--dataset", "-d", help="Benchmark (segearth.data.registry).")],
     data_root: Annotated[Path, typer.Option(
         "--data-root", help="Folder holding the dataset in its official layout (the one with rs_reason_seg/ or "
         "rs_ref_seg/; for landcover, the one with dubai/ and massachusetts_roads/).")],
     split: Annotated[str, typer.Option(
-        help="train, val or test (earthreason, rrsisd, refsegrs); train, val or all (landcover).")] = "val",
+        help="; ".join(f"{', '.join(d.splits)} ({name})" for name, d in DATASETS.items()) + ".")] = "val",
     model: Annotated[Path | None, typer.Option(
         "--model", "-m", help="Checkpoint folder (config.json, *.safetensors, tokenizer); default: the built-in segearth-nano.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (created if needed).")] = DEFAULT_OUT,
@@ -352,8 +344,8 @@ def eval_command(
         help="Official sample set: only the first question (earthreason) or sentence (rrsisd).")] = False,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N samples (quick looks).")] = None,
     task: Annotated[str | None, typer.Option(
-        help="Prompt template, reasoning or referring (default: referring for rrsisd/refsegrs, "
-        "else reasoning).")] = None,
+        help="Prompt template, reasoning or referring (default: the dataset's: "
+        + ", ".join(f"{d.task} for {name}" for name, d in DATASETS.items()) + ").")] = None,
     device: Annotated[str, typer.Option(help="Torch device (cpu, cuda, mps).")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 (official evaluation), bfloat16 or float16.")] = "float32",
     overwrite: Annotated[bool, typer.Option(help="Replace report files already in --out.")] = False,
@@ -384,7 +376,7 @@ def eval_command(
     from .errors import USER_ERRORS, exit_with_user_error
 
     try:
-        run_eval(dataset, split, data_root, model, out, protocol=protocol, first_question_only=first_question_only,
+        run_eval(dataset.value, split, data_root, model, out, protocol=protocol, first_question_only=first_question_only,
                  limit=limit, task=task, device=device, dtype=dtype, overwrite=overwrite)
     except USER_ERRORS as exc:
         exit_with_user_error(exc, debug)

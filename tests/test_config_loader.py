@@ -1,4 +1,4 @@
-"""The one typed-config loader (segearth.config_checks) behind the model config."""
+"""The one typed-config loader (segearth.config_checks) behind the model and the training configs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import dataclasses
 import json
 import types
 import typing
+from pathlib import Path
 
 import pytest
+import yaml
 
 from segearth.config import (
     SWIN_TYPES,
@@ -21,6 +23,10 @@ from segearth.config import (
     small_config,
 )
 from segearth.config_checks import ConfigError, Range, from_data
+from segearth.train.config import ALIASES, TrainConfig, load_train_config
+
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.mark.parametrize("make", [released_config, nano_config, small_config])
 def test_model_config_round_trips_through_config_json(make):
@@ -108,3 +114,40 @@ def test_swin_kwargs_of_the_official_constructor():
                                swin_kwargs={"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 4, 8],
                                             "in_chans": 3, "ape": False})
     assert cfg.vision == SwinConfig(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+
+
+# ---------------------------------------------------------------------------------------- training config
+
+
+def test_every_shipped_training_config_types_check():
+    for path in sorted(REPO.glob("configs/train/*.yaml")):
+        from segearth.train.config import _yaml
+
+        cfg = from_data(TrainConfig, _yaml(path.read_text()), aliases=ALIASES)
+        assert cfg.optim.lr > 0, path
+
+
+@pytest.mark.parametrize("override, message", [
+    ("log.keep_lats=2", "unknown config key 'log.keep_lats' in override 'log.keep_lats=2'; did you mean 'log.keep_last'?"),
+    ("optim.lr=fast", 'optim.lr must be a positive number, got "fast"'),
+    ("optim.lr=0", "optim.lr must be a positive number, got 0"),
+    ("optim.warmup_ratio=1", "optim.warmup_ratio must be a number in [0, 1), got 1"),
+    ("optim.mixed_precision=fp8", 'optim.mixed_precision must be one of no, bf16, fp16, got "fp8"'),
+    ("freeze.prefixes=vision_encoder.", 'freeze.prefixes must be a list, got "vision_encoder."'),
+    ("freeze.prefixes=[1]", "freeze.prefixes[0] must be a string, got 1"),
+    ("log.eval_every=0", "log.eval_every must be a positive integer, got 0"),
+    ("model.image_size=100", "model.image_size must be a multiple of 64 in [64, 4,096], got 100"),
+])
+def test_training_config_errors_name_the_key_and_what_was_expected(override, message, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_train_config(None, [f"data.root={tmp_path}", override])
+    assert str(err.value) == message
+
+
+def test_yaml_exponents_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": {"root": str(tmp_path)}}) + "optim:\n  lr: 3e-4\n  eps: 1.0e-9\n")
+    cfg = load_train_config(path, ["optim.weight_decay=1e-2"])
+    assert (cfg.optim.lr, cfg.optim.eps, cfg.optim.weight_decay) == (3e-4, 1e-9, 1e-2)
+    with pytest.raises(ConfigError, match="data.name must be a string, got 3"):
+        load_train_config(path, ["data.name=3"])

@@ -104,9 +104,9 @@ def test_config_missing_data_path_and_wrong_types(tmp_path):
     with pytest.raises(ConfigError, match=f"data.root: data path {missing} does not exist"):
         load_train_config(write_config(tmp_path / "c.yaml", missing, tmp_path))
     path = write_config(tmp_path / "c.yaml", tmp_path, tmp_path)
-    with pytest.raises(ConfigError, match="optim.batch_size: expected int"):
+    with pytest.raises(ConfigError, match="optim.batch_size must be a positive integer, got \"two\""):
         load_train_config(path, ["optim.batch_size=two"])
-    with pytest.raises(ConfigError, match="optim.gradient_checkpointing: expected bool"):
+    with pytest.raises(ConfigError, match="optim.gradient_checkpointing must be true or false, got 1"):
         load_train_config(path, ["optim.gradient_checkpointing=1"])
     with pytest.raises(ConfigError, match="data.name"):
         load_train_config(path, ["data.name=coco"])

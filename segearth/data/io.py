@@ -19,10 +19,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from PIL import Image
-from rasterio.enums import ColorInterp
-from rasterio.errors import NotGeoreferencedWarning
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I")
@@ -44,6 +41,11 @@ def require_dir(path: Path, what: str) -> Path:
 
 def _tiff_bands(path: Path) -> np.ndarray:
     """All bands of a TIFF as ``[C, H, W]``, palette images expanded to RGBA."""
+    # GDAL is imported on first use: listing the datasets (`segearth eval --help`) must not start it.
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.errors import NotGeoreferencedWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain TIFFs carry no georeference
         with rasterio.open(path) as ds:
@@ -101,6 +103,9 @@ def raster_size(path: Path) -> tuple[int, int]:
     """``(height, width)`` from the file header, without decoding pixels."""
     path = require_file(Path(path), "raster")
     if path.suffix.lower() in TIFF_SUFFIXES:
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as ds:

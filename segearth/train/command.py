@@ -7,15 +7,19 @@ from typing import Annotated
 
 import typer
 
+from ..data.registry import DATASETS
 from ..errors import USER_ERRORS, exit_with_user_error
+from ..presets import preset_names
 
 
 def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="Training YAML (see configs/train/).")],
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in "
                                          "log.output_dir (fresh start if there is none).")] = False,
-    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides key.sub=value, e.g. "
-                                                          "optim.lr=5e-5 data.root=/data log.output_dir=runs/x")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help=(
+        "Config overrides key.sub=value, e.g. optim.lr=5e-5 data.root=/data log.output_dir=runs/x. "
+        f"model.name: a preset ({', '.join(preset_names())}) or a checkpoint folder; "
+        f"data.name: {', '.join(DATASETS)}."))] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
 ) -> None:
     """Train or fine-tune SegEarth-R1 with the official recipe (spec §4) on any scale.

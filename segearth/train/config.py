@@ -2,60 +2,64 @@
 
 Every field has the official SegEarth-R1 default (spec §4.1) unless noted. Validation happens in
 :func:`load_train_config` before any model, dataset or process group is built, so a typo costs a
-second, not a job slot: unknown keys name the nearest valid key, wrong types name the expected type,
-and missing data/checkpoint paths are reported by name.
+second, not a job slot. Types and ranges are declared on the fields and checked by the loader of
+the model config (:mod:`segearth.config_checks`): unknown keys name the nearest valid key, wrong
+values name the key and what was expected. Presets and datasets come from their registries
+(:mod:`segearth.presets`, :mod:`segearth.data.registry`); missing data/checkpoint paths are reported
+by name.
 """
 
 from __future__ import annotations
 
-import difflib
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
-DATASETS = ("earthreason", "rrsisd", "refsegrs", "landcover")
-PRESETS = ("small", "nano", "released")
-MIXED_PRECISION = ("no", "bf16", "fp16")
+from ..config_checks import MAX_IMAGE_SIZE, ConfigError, Length, Range, all_keys, from_data, nearest
+from ..data.registry import DATASETS, get_dataset
+from ..presets import get_preset, preset_names
 
+__all__ = ["ConfigError", "TrainConfig", "load_train_config"]
 
-class ConfigError(ValueError):
-    """A training configuration that cannot be used; the message says which key and why."""
+PositiveInt = Annotated[int, Range(1)]
+PositiveFloat = Annotated[float, Range(0, low_open=True)]
+Share = Annotated[float, Range(0, 1, high_open=True)]
 
 
 @dataclass
 class ModelConfig:
     """Which network to train.
 
-    ``name``: ``small`` (tiny test architecture, random init, byte-level tokenizer), ``nano``
-    (EfficientNet-Lite0 + MiniLM from their packages, heads random), ``released``
-    (Swin-B + Phi-1.5 sizes, random init; needs ``tokenizer``) or a checkpoint folder written by
-    ``save_pretrained`` / an official release (weights and tokenizer are read from it).
+    ``name``: a preset of :mod:`segearth.presets` (``small``: tiny test architecture; ``nano``:
+    EfficientNet-Lite0 + MiniLM from their packages, heads random; ``released``: Swin-B + Phi-1.5
+    sizes, random init, needs ``tokenizer``) or a checkpoint folder written by ``save_pretrained`` /
+    an official release (weights and tokenizer are read from it).
     """
 
     name: str = "small"
-    image_size: int | None = None  # ``small``/``nano``: input side (multiple of 64); default 256 / 384
-    tokenizer: str | None = None  # tokenizer folder for ``released``
+    # Input side for presets that choose it (small, nano); None: the preset's default (256 / 384).
+    image_size: Annotated[int, Range(64, MAX_IMAGE_SIZE, step=64)] | None = None
+    tokenizer: str | None = None  # tokenizer folder, for presets that need one (``released``)
 
 
 @dataclass
 class DataConfig:
-    """Which dataset to read and how."""
+    """Which dataset to read (a name of :mod:`segearth.data.registry`) and how."""
 
     name: str = "landcover"
     root: str = ""
     train_split: str = "train"
     val_split: str | None = "val"
-    max_train_samples: int | None = None  # first N samples only (smoke tests, quick runs)
-    max_val_samples: int | None = 64  # validation is a progress signal; use `segearth eval` for scores
+    max_train_samples: PositiveInt | None = None  # first N samples only (smoke tests, quick runs)
+    max_val_samples: PositiveInt | None = 64  # validation is a progress signal; use `segearth eval` for scores
     first_question_only: bool = True  # official: EarthReason questions[0], RRSIS-D sentences[0]
     cache: bool = False  # keep letterboxed uint8 images/masks in RAM (small datasets / small sizes)
-    augment: bool = False  # random crops (scale), 90° turns, flips, light; land cover only (segearth.train.augment)
-    augment_min_crop: float = 0.5  # smallest crop side as a share of the scene's short side
-    num_workers: int = 0
+    augment: bool = False  # random crops (scale), 90° turns, flips, light, where the dataset allows (train.augment)
+    augment_min_crop: Annotated[float, Range(0, 1, low_open=True)] = 0.5  # smallest crop side / scene's short side
+    num_workers: Annotated[int, Range(0)] = 0
 
 
 @dataclass
@@ -63,9 +67,9 @@ class LoraConfig:
     """Optional LoRA adapters on the Phi linear layers (through ``peft``)."""
 
     enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: Share = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"])
 
 
@@ -73,20 +77,20 @@ class LoraConfig:
 class OptimConfig:
     """AdamW + linear warm-up + cosine decay to 0 (HF ``cosine``), official values."""
 
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    warmup_ratio: float = 0.03
-    epochs: float = 15.0
-    max_steps: int | None = None  # optimizer steps; overrides ``epochs`` when set
-    batch_size: int = 1  # per process
-    grad_accum: int = 1
-    max_grad_norm: float | None = None  # the official ZeRO-2 run clips nothing (spec §4.1)
-    mixed_precision: str = "no"  # no | bf16 | fp16; the official run is bf16
+    lr: PositiveFloat = 1e-4
+    weight_decay: Annotated[float, Range(0)] = 0.0
+    betas: Annotated[list[Share], Length(2)] = field(default_factory=lambda: [0.9, 0.999])
+    eps: PositiveFloat = 1e-8
+    warmup_ratio: Share = 0.03
+    epochs: PositiveFloat = 15.0
+    max_steps: PositiveInt | None = None  # optimizer steps; overrides ``epochs`` when set
+    batch_size: PositiveInt = 1  # per process
+    grad_accum: PositiveInt = 1
+    max_grad_norm: PositiveFloat | None = None  # the official ZeRO-2 run clips nothing (spec §4.1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # the official run is bf16
     gradient_checkpointing: bool = False  # on the Phi decoder layers, as the official run
-    seed: int = 42
-    num_points: int | None = None  # loss points per mask; None = the model's (official 12 544)
+    seed: Annotated[int, Range(0)] = 42
+    num_points: PositiveInt | None = None  # loss points per mask; None = the model's (official 12 544)
 
 
 @dataclass
@@ -104,11 +108,11 @@ class LogConfig:
     """Intervals are in optimizer steps."""
 
     output_dir: str = "runs/segearth"
-    log_every: int = 10
-    eval_every: int | None = 500  # None: only at the end
-    save_every: int | None = 500  # None: only at the end
-    keep_last: int = 3
-    num_vis: int = 8  # validation samples drawn in each PNG grid
+    log_every: PositiveInt = 10
+    eval_every: PositiveInt | None = 500  # None: only at the end
+    save_every: PositiveInt | None = 500  # None: only at the end
+    keep_last: PositiveInt = 3
+    num_vis: Annotated[int, Range(0)] = 8  # validation samples drawn in each PNG grid
     tensorboard: bool = True
 
 
@@ -135,144 +139,65 @@ ALIASES = {
 }
 
 
-def _nearest(name: str, options: list[str]) -> str:
-    prefix, _, leaf = name.rpartition(".")
-    alias = ALIASES.get(leaf)
-    if alias is not None and f"{prefix}.{alias}".lstrip(".") in options:
-        return f"; did you mean {f'{prefix}.{alias}'.lstrip('.')!r}?"
-    match = difflib.get_close_matches(name, options, n=1, cutoff=0.4)
-    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(options)}"
+class _YamlLoader(yaml.SafeLoader):
+    """YAML as configs are written: ``1e-4`` is a number (YAML 1.1 wants ``1.0e-4`` and reads a string)."""
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """``value`` as type ``tp`` (YAML already typed it); only lossless conversions are accepted."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads ``1e-4`` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, (str, Path)):
-            return str(value)
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    for key in raw:
-        if key not in names:
-            full = f"{prefix}{key}"
-            raise ConfigError(f"unknown config key {full!r}" + _nearest(full, [f"{prefix}{n}" for n in names]))
-    kwargs = {}
-    for f in fields(cls):
-        if f.name not in raw:
-            continue
-        tp = hints[f.name]
-        if is_dataclass(tp):
-            kwargs[f.name] = _build(tp, raw[f.name], f"{prefix}{f.name}.")
-        else:
-            kwargs[f.name] = _coerce(raw[f.name], tp, f"{prefix}{f.name}")
-    return cls(**kwargs)
-
-
-def _all_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
-    out = []
-    hints = typing.get_type_hints(cls)
-    for f in fields(cls):
-        tp = hints[f.name]
-        out += _all_keys(tp, f"{prefix}{f.name}.") if is_dataclass(tp) else [f"{prefix}{f.name}"]
-    return out
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader with one more float form
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set ``section.key=value`` pairs (values parsed as YAML: ``1e-4``, ``true``, ``[a, b]``, ``null``)."""
-    valid = _all_keys()
+    valid = all_keys(TrainConfig)
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         if key not in valid:
-            raise ConfigError(f"unknown config key {key!r} in override {item!r}" + _nearest(key, valid))
+            raise ConfigError(f"unknown config key {key!r} in override {item!r}" + nearest(key, valid, ALIASES))
         node = raw
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{p}: expected a mapping of keys in the config file, got {node!r}")
-        node[leaf] = yaml.safe_load(text) if text.strip() else ""
+                raise ConfigError(f"{p} must be a mapping of keys in the config file, got {node!r}")
+        node[leaf] = _yaml(text) if text.strip() else ""
     return raw
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Checks that need values, not just types: choices, ranges and paths."""
-    m, d, o, lg = cfg.model, cfg.data, cfg.optim, cfg.log
-    if m.name not in PRESETS and not Path(m.name).is_dir():
-        raise ConfigError(f"model.name: {m.name!r} is neither a preset {PRESETS} nor an existing checkpoint folder")
-    if m.image_size is not None and (m.name not in ("small", "nano") or m.image_size <= 0 or m.image_size % 64):
-        raise ConfigError("model.image_size: only for the 'small' and 'nano' presets, and a positive multiple of 64")
-    if m.name == "released" and (m.tokenizer is None or not Path(m.tokenizer).is_dir()):
-        raise ConfigError(f"model.tokenizer: the 'released' preset needs a tokenizer folder, got {m.tokenizer!r}")
-    if d.name not in DATASETS:
-        raise ConfigError(f"data.name: {d.name!r} is not one of {DATASETS}" + _nearest(d.name, list(DATASETS)))
+    """Checks across values and on disk (the types and ranges of single values are checked on load)."""
+    m, d = cfg.model, cfg.data
+    if m.name in preset_names():  # a preset name wins over a folder of that name
+        preset = get_preset(m.name)
+        if m.image_size is not None and preset.default_image_size is None:
+            raise ConfigError(f"model.image_size: the {m.name!r} preset has a fixed input size")
+        if preset.needs_tokenizer and (m.tokenizer is None or not Path(m.tokenizer).is_dir()):
+            raise ConfigError(f"model.tokenizer: the {m.name!r} preset needs a tokenizer folder, got {m.tokenizer!r}")
+    elif not Path(m.name).is_dir():
+        raise ConfigError(f"model.name: {m.name!r} is neither a preset ({', '.join(preset_names())}) nor an "
+                          "existing checkpoint folder")
+    elif m.image_size is not None:
+        raise ConfigError("model.image_size: a checkpoint's input size is its own; only presets take one")
+    try:
+        spec = get_dataset(d.name)
+    except ValueError as exc:
+        raise ConfigError(f"data.name: {exc}") from None
     if not d.root:
         raise ConfigError("data.root: no data path given (set data.root in the YAML or data.root=... )")
     if not Path(d.root).is_dir():
         raise ConfigError(f"data.root: data path {d.root} does not exist")
-    if d.augment and d.name != "landcover":
-        raise ConfigError(f"data.augment: only for the land-cover set; crops and flips change what {d.name} "
+    if d.augment and not spec.augment:
+        allowed = ", ".join(name for name, s in DATASETS.items() if s.augment)
+        raise ConfigError(f"data.augment: only for {allowed}; crops and flips change what {d.name} "
                           "expressions and answers refer to (\"the car on the left\")")
-    if not 0 < d.augment_min_crop <= 1:
-        raise ConfigError(f"data.augment_min_crop: must be in (0, 1], got {d.augment_min_crop}")
-    if o.mixed_precision not in MIXED_PRECISION:
-        raise ConfigError(f"optim.mixed_precision: {o.mixed_precision!r} is not one of {MIXED_PRECISION}")
-    positive = {"optim.batch_size": o.batch_size, "optim.grad_accum": o.grad_accum, "log.log_every": lg.log_every,
-                "log.keep_last": lg.keep_last, "optim.lr": o.lr, "optim.epochs": o.epochs}
-    for key, val in [("log.eval_every", lg.eval_every), ("log.save_every", lg.save_every),
-                     ("optim.max_steps", o.max_steps), ("optim.num_points", o.num_points)]:
-        if val is not None:
-            positive[key] = val
-    for key, val in positive.items():
-        if val <= 0:
-            raise ConfigError(f"{key}: must be positive, got {val}")
-    if not 0 <= o.warmup_ratio < 1:
-        raise ConfigError(f"optim.warmup_ratio: must be in [0, 1), got {o.warmup_ratio}")
-    if len(o.betas) != 2:
-        raise ConfigError(f"optim.betas: expected two values, got {o.betas}")
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -283,11 +208,11 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = _yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-    cfg = _build(TrainConfig, apply_overrides(raw, list(overrides or [])), "")
+    cfg = from_data(TrainConfig, apply_overrides(raw, list(overrides or [])), aliases=ALIASES)
     validate(cfg)
     return cfg

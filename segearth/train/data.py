@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from ..data import RRSISD, EarthReason, LandCover, RefSegRS
+from ..data.registry import get_dataset
 from ..data.sample import Sample
 from ..metrics import letterbox_mask
 from .collate import Example, prepare_example
@@ -26,17 +26,7 @@ from .config import DataConfig
 
 def build_samples(cfg: DataConfig, split: str, limit: int | None = None) -> Sequence[Sample]:
     """The samples of ``split`` of the configured dataset (first ``limit`` only, when given)."""
-    if cfg.name == "earthreason":
-        samples: Sequence[Sample] = EarthReason(cfg.root, split, first_question_only=cfg.first_question_only).samples
-    elif cfg.name == "rrsisd":
-        samples = RRSISD(cfg.root, split, first_sentence_only=cfg.first_question_only).samples
-    elif cfg.name == "refsegrs":
-        samples = RefSegRS(cfg.root, split).samples
-    elif cfg.name == "landcover":
-        samples = LandCover(cfg.root, split).samples
-    else:
-        raise ValueError(f"unknown dataset {cfg.name!r}")
-    samples = list(samples)[:limit] if limit is not None else list(samples)
+    samples = get_dataset(cfg.name).samples(cfg.root, split, cfg.first_question_only)[:limit]
     if not samples:
         raise ValueError(f"{cfg.name} split {split!r} under {cfg.root} has no samples")
     return samples

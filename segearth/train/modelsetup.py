@@ -16,26 +16,21 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_model_and_tokenizer, save_pretrained
-from ..config import nano_config, released_config, small_config
 from ..modeling.prompt import IGNORE_INDEX
 from ..modeling.segearth_r1 import SegEarthR1
-from ..tokenizer import byte_level_tokenizer, load_tokenizer
+from ..presets import get_preset, preset_names
 from .config import FreezeConfig, LoraConfig, ModelConfig
 from .losses import lm_loss, mask_loss_terms, total_loss
 
 
 def build_model(cfg: ModelConfig, seed: int) -> tuple[SegEarthR1, object]:
-    """``(model in fp32, tokenizer)``; random initialisation is seeded so every process agrees."""
+    """``(model in fp32, tokenizer)`` of a preset (random initialisation, seeded so every process
+    agrees) or of a checkpoint folder."""
     torch.manual_seed(seed)
-    if cfg.name == "small":
-        return SegEarthR1(small_config(cfg.image_size or 256)), byte_level_tokenizer()
-    if cfg.name == "nano":
-        from ..modeling.minilm import load_minilm_tokenizer
-
-        return SegEarthR1(nano_config(cfg.image_size or 384)), load_minilm_tokenizer()
-    if cfg.name == "released":
-        tokenizer = load_tokenizer(cfg.tokenizer or "")
-        return SegEarthR1(released_config(vocab_size=len(tokenizer))), tokenizer
+    if cfg.name in preset_names():
+        preset = get_preset(cfg.name)
+        tokenizer = preset.tokenizer(cfg.tokenizer)
+        return SegEarthR1(preset.config(cfg.image_size, len(tokenizer))), tokenizer
     model, tokenizer = load_model_and_tokenizer(Path(cfg.name))
     return model.float(), tokenizer
 

@@ -1,23 +1,28 @@
-"""Built-in model weights shipped inside the package (see ``MODEL_CARD.md`` beside each folder)."""
+"""Built-in model weights shipped inside the package (see ``MODEL_CARD.md`` beside each folder).
+
+Which names are built in comes from the preset registry (:mod:`segearth.presets`): every preset
+with a ``weights`` folder, under its name and aliases.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-BUILTIN = {"nano": Path(__file__).parent / "nano"}
-ALIASES = {"segearth-nano": "nano"}
-BUILTIN_NAMES = (*BUILTIN, *ALIASES)
+from ..presets import get_preset, preset_names
+
+BUILTIN_NAMES = preset_names(with_weights=True)
 DEFAULT_MODEL = "nano"
 
 
 def builtin_model_path(name: str = DEFAULT_MODEL) -> Path:
     """Folder of a built-in checkpoint (config.json, model.safetensors, tokenizer files)."""
-    name = ALIASES.get(name, name)
-    if name not in BUILTIN:
+    if name not in BUILTIN_NAMES:
         raise ValueError(f"unknown built-in model {name!r}; available: {', '.join(BUILTIN_NAMES)}")
-    folder = BUILTIN[name]
+    preset = get_preset(name)
+    folder = preset.weights
+    assert folder is not None  # BUILTIN_NAMES holds only presets with weights
     if not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the built-in model {name!r} is not installed at {folder}; pass --model PATH")
+        raise FileNotFoundError(f"the built-in model {preset.name!r} is not installed at {folder}; pass --model PATH")
     return folder
 
 
