@@ -120,8 +120,9 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: a REST API for GIS pipelines and a web page for people.
 
-    The model is loaded once. Open http://HOST:PORT/ for the page (upload or pick an image, pan and
-    zoom, ask questions, overlay and download masks) and http://HOST:PORT/docs for the API:
+    The model is loaded once. Open http://HOST:PORT/ for the page (upload or pick an image, see it on
+    a map in its true place, ask questions, see the answers as polygons, download masks) and
+    http://HOST:PORT/docs for the API:
 
       POST   /images                           upload a GeoTIFF/PNG/JPEG -> id + metadata
       POST   /images/{id}/ask                  {"questions": [...], "format": "geojson"} -> scores + links
