@@ -163,7 +163,8 @@ def phase(name: str, args: argparse.Namespace, clients: int, max_queue: int) -> 
     ok = not errors if name == "below" else set(errors) <= {"503"}
     return {"phase": name, "config": args.config, "clients": clients, "max_queue": max_queue,
             "raster": args.raster.name, "first_question_s": round(cold, 3), **result,
-            "peak_rss_mb": rss, "children_peak_rss_mb": children_rss, "rule": "no errors" if name == "below" else "only 503", "pass": ok}
+            "peak_rss_mb": rss, "children_peak_rss_mb": children_rss,
+            "rule": "no errors" if name == "below" else "only 503", "pass": ok}
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ queue is full, ``504`` when a request outlives the timeout, ``507`` when the ser
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,7 +43,6 @@ from .workers import PreparePool
 
 STATIC = Path(str(resources.files("segearth.serve") / "static"))
 PUBLIC = {"/", "/docs"}  # pages without data, reachable without the token so they can ask for it
-log = logging.getLogger("segearth.serve")
 
 
 def install_error_handlers(app: FastAPI, folders: list[Path]) -> None:
@@ -76,8 +74,8 @@ def install_error_handlers(app: FastAPI, folders: list[Path]) -> None:
         return error_response(422, "; ".join(parts), scrub=scrub, errors=jsonable_encoder(exc.errors()))
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette re-raises after sending this, so the server logs the traceback once.
         return error_response(500, "internal server error (the server log has the details)", scrub=scrub)
 
 
@@ -136,12 +134,14 @@ def create_app(predictor: Predictor, model_name: str, settings: ServeSettings | 
         return {
             "status": "ok", "uptime_s": round(time.time() - started, 1), "images": len(store.list()),
             "queue": {"outstanding": queue.outstanding, "capacity": queue.capacity, "completed": queue.completed},
+            "preparing": {"outstanding": preparing.outstanding, "capacity": preparing.capacity},
             "cache": engine.cache.stats(),
             "limits": {"max_upload_mb": settings.max_upload_mb, "max_megapixels": settings.max_megapixels,
                        "max_questions": settings.max_questions, "max_question_chars": settings.max_question_chars,
                        "max_question_tokens": max_tokens, "max_body_kb": settings.max_body_kb,
                        "max_answers": settings.max_answers, "max_images": settings.max_images,
-                       "max_disk_mb": settings.max_disk_mb, "request_timeout_s": settings.request_timeout_s},
+                       "max_disk_mb": settings.max_disk_mb, "request_timeout_s": settings.request_timeout_s,
+                       "prepare_timeout_s": settings.prepare_timeout_s},
         }
 
     @app.get("/models", tags=["server"], response_model=list[ModelInfo])
