@@ -16,13 +16,16 @@ antialiasing — the same half-pixel geometry, within ±1 grey level of OpenCV.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: raster reading (e.g. the server's upload workers) needs only the
+# geometry here, and importing torch costs ~300 MB of RSS per process.
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
 
 
 def fit_long_side(height: int, width: int, size: int) -> tuple[int, int]:
@@ -70,6 +73,8 @@ class Letterbox:
         """
         out_h = self.in_h if out_h is None else out_h
         out_w = self.in_w if out_w is None else out_w
+        import torch
+
         as_numpy = isinstance(canvas, np.ndarray)
         tensor = torch.from_numpy(np.ascontiguousarray(canvas)) if as_numpy else canvas
         if tensor.ndim != 2:
@@ -84,6 +89,8 @@ class Letterbox:
 
 
 def _resize(x: torch.Tensor, height: int, width: int, bilinear: bool) -> torch.Tensor:
+    import torch.nn.functional as F
+
     if tuple(x.shape[-2:]) == (height, width):
         return x
     if bilinear:
@@ -111,6 +118,9 @@ def resize_rgb(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
     try:
         import cv2
     except ImportError:
+        import torch
+        import torch.nn.functional as F
+
         chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(torch.float32)
         out = F.interpolate(chw, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)
         return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
