@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from test_serve import BASE, _raster, _upload, client, make_client, predictor  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
 
-import segearth.batch
+import segearth.api
 import segearth.serve.app
 from segearth.serve import ServeSettings, create_app
 from segearth.serve.command import serve
@@ -95,7 +95,7 @@ def test_token_is_required_on_every_data_route(make_client):
 
 def test_serve_command_wires_host_origin_and_token_options(monkeypatch, predictor, tmp_path):
     seen = {}
-    monkeypatch.setattr(segearth.batch, "load_predictor", lambda *a: (predictor, "tiny"))
+    monkeypatch.setattr(segearth.api, "load_predictor", lambda *a: (predictor, "tiny"))
     monkeypatch.setattr(segearth.serve.app, "create_app", lambda p, name, settings: seen.setdefault("s", settings))
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.setdefault("run", kw))
     app = typer.Typer()

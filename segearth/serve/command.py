@@ -10,12 +10,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import USER_ERRORS, exit_with_user_error
+from ..options import DType, Task
 
 
 def serve(
     model: Annotated[
-        Path | None,
-        typer.Option("--model", "-m", help="Checkpoint folder (config.json, *.safetensors, tokenizer); default: the built-in segearth-nano."),
+        str | None,
+        typer.Option("--model", "-m", help="A built-in model (nano), a checkpoint folder, or a Hugging Face hub id "
+                     "org/name[@revision]; default: the built-in segearth-nano."),
     ] = None,
     host: Annotated[
         str,
@@ -102,17 +104,17 @@ def serve(
         typer.Option(help="Where the temporary upload folder is created (default: the system temp folder)."),
     ] = None,
     task: Annotated[
-        str,
+        Task,
         typer.Option(help="Prompt template: reasoning (EarthReason) or referring (RRSIS-D)."),
-    ] = "reasoning",
+    ] = Task.reasoning,
     device: Annotated[
         str,
         typer.Option(help="Torch device (cpu, cuda, mps)."),
     ] = "cpu",
     dtype: Annotated[
-        str,
-        typer.Option(help="float32, bfloat16 or float16."),
-    ] = "float32",
+        DType,
+        typer.Option(help="Precision of the model. auto: float32 on CPUs without native bf16, bfloat16 on CUDA/AMX."),
+    ] = DType.auto,
     debug: Annotated[
         bool,
         typer.Option(help="Show full tracebacks."),
@@ -150,7 +152,7 @@ def serve(
     try:
         import uvicorn
 
-        from ..batch import load_predictor
+        from ..api import load_predictor
         from .app import create_app
         from .security import DEFAULT_HOSTS
         from .settings import ServeSettings
@@ -166,7 +168,7 @@ def serve(
         )
         if workdir is not None and not workdir.is_dir():
             raise FileNotFoundError(f"--workdir {workdir} is not a folder")
-        predictor, model_name = load_predictor(model, task, device, dtype)
+        predictor, model_name = load_predictor(model, task.value, device, dtype.value)
         app = create_app(predictor, model_name, settings)
     except USER_ERRORS as exc:
         exit_with_user_error(exc, debug)
