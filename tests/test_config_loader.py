@@ -23,7 +23,7 @@ from segearth.config import (
     small_config,
 )
 from segearth.config_checks import ConfigError, Range, from_data
-from segearth.train.config import ALIASES, TrainConfig, load_train_config
+from segearth.train.config import ALIASES, TrainConfig, _yaml, load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,12 +48,14 @@ def test_official_config_json_names_the_real_swin_type():
     ({"mask_decoder": {"num_head": 4}},
      "unknown config key 'segearth.mask_decoder.num_head'; did you mean 'segearth.mask_decoder.num_heads'?"),
     ({"lossses": {}}, "unknown config key 'segearth.lossses'; did you mean 'segearth.loss'?"),
-    ({"llm": {"kind": "phi", "hidden_size": 64.0}}, "segearth.llm.hidden_size must be a positive integer <= 65,536, got 64.0"),
+    ({"llm": {"kind": "phi", "hidden_size": 64.0}},
+     "segearth.llm.hidden_size must be a positive integer <= 65,536, got 64.0"),
     ({"llm": {"kind": "minilm", "pretrained": "yes"}}, 'segearth.llm.pretrained must be true or false, got "yes"'),
     ({"vision": {"kind": "efficientnet", "variant": "lite9"}},
      'segearth.vision.variant must be one of lite0, lite1, lite2, got "lite9"'),
     ({"pixel_mean": [1, 2]}, "segearth.pixel_mean must be a list of 3 values, got [1, 2]"),
-    ({"loss": {"importance_sample_ratio": 1.5}}, "segearth.loss.importance_sample_ratio must be a number in [0, 1], got 1.5"),
+    ({"loss": {"importance_sample_ratio": 1.5}},
+     "segearth.loss.importance_sample_ratio must be a number in [0, 1], got 1.5"),
 ])
 def test_model_config_errors_name_the_key_and_what_was_expected(data, message):
     with pytest.raises(ConfigError) as err:
@@ -120,15 +122,14 @@ def test_swin_kwargs_of_the_official_constructor():
 
 
 def test_every_shipped_training_config_types_check():
-    for path in sorted(REPO.glob("configs/train/*.yaml")):
-        from segearth.train.config import _yaml
-
+    for path in sorted(REPO.glob("configs/train/*.yaml")):  # types only: their data paths are placeholders
         cfg = from_data(TrainConfig, _yaml(path.read_text()), aliases=ALIASES)
         assert cfg.optim.lr > 0, path
 
 
 @pytest.mark.parametrize("override, message", [
-    ("log.keep_lats=2", "unknown config key 'log.keep_lats' in override 'log.keep_lats=2'; did you mean 'log.keep_last'?"),
+    ("log.keep_lats=2",
+     "unknown config key 'log.keep_lats' in override 'log.keep_lats=2'; did you mean 'log.keep_last'?"),
     ("optim.lr=fast", 'optim.lr must be a positive number, got "fast"'),
     ("optim.lr=0", "optim.lr must be a positive number, got 0"),
     ("optim.warmup_ratio=1", "optim.warmup_ratio must be a number in [0, 1), got 1"),
