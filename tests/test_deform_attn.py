@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from segearth.config import PixelDecoderConfig
 from segearth.modeling.deform_attn import multi_scale_deformable_sampling
@@ -156,3 +157,33 @@ def test_pixel_decoder_samples_at_fp32_locations_under_bf16(monkeypatch):
     expected = centres[:, :, None, :, None, :] + offset[None, None, None, :, None, :]
     assert seen[0].dtype == torch.float32
     assert torch.equal(seen[0], expected.expand_as(seen[0]))
+
+
+def test_pixel_decoder_convolves_in_fp32_under_bf16():
+    """Reduced-precision CPU convolutions are a naive kernel (~150x slower): the bf16 decoder must
+    hand every convolution fp32 tensors and still return bf16 within one rounding of fp32."""
+    torch.manual_seed(0)
+    cfg = PixelDecoderConfig(conv_dim=32, mask_dim=32, num_encoder_layers=1, num_heads=4, num_points=2)
+    decoder = PixelDecoder(cfg, (8, 8, 8, 8)).bfloat16()
+    features = tuple(torch.randn(1, 8, 32 // 2**i, 32 // 2**i, dtype=torch.bfloat16) for i in range(4))
+
+    class ConvolutionDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution.default:
+                self.dtypes.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), ConvolutionDtypes() as spy:
+        out = decoder(features)
+    assert len(spy.dtypes) == 6 and set(spy.dtypes) == {torch.float32}
+    assert out.mask_features.dtype == torch.bfloat16
+
+    conv = decoder.layer_1[0]
+    x = torch.randn(1, 32, 9, 7, dtype=torch.bfloat16)
+    exact = F.conv2d(x.float(), conv.weight.float(), conv.bias.float(), padding=1)
+    with torch.no_grad():
+        assert ((conv(x).float() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()

@@ -34,7 +34,7 @@ class _Layout(NamedTuple):
         # points) makes every elementwise op ~10x slower on CPU.
         return _Layout(*(t.expand(shape).contiguous() for t in self))
 
-    def rows(self, q: int) -> "_Layout":
+    def first_queries(self, q: int) -> "_Layout":
         """The constants of the first ``q`` queries (a shorter last chunk)."""
         return _Layout(*(t[:, :q] for t in self))
 
@@ -108,7 +108,7 @@ def _sample_chunk(
 ) -> torch.Tensor:
     """[B, q, heads, levels, points, 2] locations -> [B, q, heads * d] weighted samples."""
     b, q, heads = locations.shape[:3]
-    layout = layout.rows(q)
+    layout = layout.first_queries(q)
     locations, attention_weights = locations.float(), attention_weights.float()
     x0, fx = _corner(locations[..., 0], layout.width)
     y0, fy = _corner(locations[..., 1], layout.height)
