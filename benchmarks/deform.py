@@ -4,9 +4,9 @@ falls back to (the reference) against segearth's gather core, side by side on CP
 Shapes come from ``released_config()``: the pixel decoder's encoder attends from every token of
 res5, res4 and res3 (strides 32, 16, 8 of the 1024² input) to the same three levels, with its
 heads, points and width. Locations are the tokens' pixel centres plus offsets of a few pixels, as
-trained offsets are. Usage:
+trained offsets are (``--uniform``: anywhere on the maps, the cache-unfriendly worst case). Usage:
 
-    python benchmarks/deform.py [--threads 2] [--repeats 5] [--reference-repeats 3]
+    python benchmarks/deform.py [--threads 2] [--repeats 5] [--reference-repeats 3] [--uniform]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def grid_sample_reference(value, spatial_shapes, sampling_locations, attention_w
     return out.transpose(1, 2)
 
 
-def released_inputs(dtype: torch.dtype, seed: int = 0):
+def released_inputs(dtype: torch.dtype, uniform: bool = False, seed: int = 0):
     """(value, shapes, locations, weights) of one encoder layer of the released pixel decoder."""
     cfg = released_config()
     pd = cfg.pixel_decoder
@@ -56,6 +56,8 @@ def released_inputs(dtype: torch.dtype, seed: int = 0):
     wh = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32)
     offsets = torch.randn(1, tokens, heads, levels, points, 2, generator=gen) * 2.0 / wh[:, None, :]
     locations = DeformableTransformer.reference_points(shapes, "cpu")[:, :, None, :, None, :] + offsets
+    if uniform:
+        locations = torch.rand(locations.shape, generator=gen)
     weights = torch.randn(1, tokens, heads, levels * points, generator=gen).softmax(-1)
     weights = weights.view(1, tokens, heads, levels, points)
     return value.to(dtype), shapes, locations.to(dtype), weights.to(dtype)
@@ -113,13 +115,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--reference-repeats", type=int, default=3)
+    parser.add_argument("--uniform", action="store_true", help="locations uniform over the maps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    inputs = released_inputs(torch.float32)
+    inputs = released_inputs(torch.float32, args.uniform)
     value, shapes, locations, _ = inputs
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; levels {shapes}, "
           f"{locations.shape[1]} queries x {locations.shape[2]} heads x {locations.shape[3]} levels x "
-          f"{locations.shape[4]} points, head dim {value.shape[-1]} (fp32)")
+          f"{locations.shape[4]} points, head dim {value.shape[-1]} (fp32), "
+          f"{'uniform' if args.uniform else 'trained-like'} locations")
     max_diff = (multi_scale_deformable_sampling(*inputs) - grid_sample_reference(*inputs)).abs().max().item()
     rows = []
     for name, fn, repeats in (("grid_sample reference", grid_sample_reference, args.reference_repeats),
@@ -130,7 +134,7 @@ def main() -> None:
     for name, best, median, peak in rows:
         print(f"{name:24}{best:9.3f}{median:10.3f}{peak:16.1f}")
     print(f"speed-up (best / best): {rows[0][1] / rows[1][1]:.1f}x; max abs diff {max_diff:.2e}")
-    bf16 = released_inputs(torch.bfloat16)
+    bf16 = released_inputs(torch.bfloat16, args.uniform)
     print(f"gather core, bf16 inputs (computes in fp32): best {min(timed(multi_scale_deformable_sampling, bf16, args.repeats)):.3f} s")
 
 
