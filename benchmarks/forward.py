@@ -85,12 +85,14 @@ def main() -> None:
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys), flush=True)
     for dtype in args.dtypes:
-        cmd = [sys.executable, __file__, "--child", dtype, "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        cmd = [sys.executable, __file__, "--child", dtype,
+               "--repeats", str(args.repeats), "--threads", str(args.threads)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         print("| " + " | ".join(str(rows[-1][k]) for k in keys) + " |", flush=True)
     if len(rows) == 2:
-        print(f"\n{rows[1]['dtype']} / {rows[0]['dtype']}: time x{rows[1]['best_forward_s'] / rows[0]['best_forward_s']:.2f}, "
+        print(f"\n{rows[1]['dtype']} / {rows[0]['dtype']}: "
+              f"time x{rows[1]['best_forward_s'] / rows[0]['best_forward_s']:.2f}, "
               f"peak RSS x{rows[1]['peak_rss_gib'] / rows[0]['peak_rss_gib']:.2f}")
 
 

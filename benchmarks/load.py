@@ -49,7 +49,8 @@ def main() -> None:
         numel = write_checkpoints(cfg, root)
         methods = [args.only] if args.only else ["old", "new"]
         print(f"released config, {numel:,} parameters; torch {torch.__version__}, {torch.get_num_threads()} threads")
-        print("| checkpoint | target | loader | load s | baseline GB | peak GB | extra GB | params GB | extra / params |")
+        print("| checkpoint | target | loader | load s | baseline GB | peak GB | extra GB | params GB "
+              "| extra / params |")
         print("|---|---|---|---|---|---|---|---|---|")
         for file_dtype, target in CASES:
             param_bytes = numel * getattr(torch, target).itemsize
@@ -101,7 +102,7 @@ def write_checkpoints(cfg, root: Path) -> int:
         gen = torch.Generator().manual_seed(0)
         with open(folder / "model.safetensors", "wb") as f:
             f.write(struct.pack("<Q", len(text)) + text)
-            for key, shape in shapes.items():
+            for shape in shapes.values():
                 t = (torch.randn(shape, generator=gen) * 0.02).to(dtype)
                 f.write(t.view(-1).view(torch.uint8).numpy().tobytes())
     return sum(p.numel() for p in model.parameters())
@@ -110,7 +111,7 @@ def write_checkpoints(cfg, root: Path) -> int:
 def child(method: str, folder: str, target: str) -> None:
     import torch
 
-    from segearth import checkpoint  # noqa: F401  (imported before the baseline is taken)
+    from segearth import checkpoint  # imported before the baseline is taken
 
     dtype = getattr(torch, target)
     baseline = _peak_rss()
@@ -148,7 +149,8 @@ def old_load(folder: Path, dtype):
             continue
         targets = expand_official(key, tuple(tensor.shape))
         parts = split_fused_qkv(tensor, heads) if len(targets) == 3 else (tensor,)
-        for (ours, _), part in zip(targets, parts):
+        # strict=False: a key the code does not map has no targets, and its tensor is dropped.
+        for (ours, _), part in zip(targets, parts, strict=False):
             converted[ours] = part
     model.load_state_dict(converted, strict=False)
     return model.to(dtype).eval()

@@ -18,7 +18,8 @@ QUESTIONS = ["where could a boat travel?", "where do people live and work?", "th
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", type=Path, default=Path(__file__).parents[1] / "examples" / "dubai_tile6_part001.jpg")
+    parser.add_argument("--image", type=Path,
+                        default=Path(__file__).parents[1] / "examples" / "dubai_tile6_part001.jpg")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
@@ -39,7 +40,7 @@ def main() -> None:
     load_s = time.perf_counter() - t
     image = read_rgb(args.image)
     first, later = [], []
-    for r in range(args.repeats):
+    for _ in range(args.repeats):
         t = time.perf_counter()
         canvas, _ = letterbox(image, model.cfg.image_size)
         predictor.set_image(canvas)
@@ -50,10 +51,12 @@ def main() -> None:
             predictor.predict(q)
             later.append(time.perf_counter() - t)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"segearth-nano, {model.cfg.image_size}² input, torch threads {torch.get_num_threads()}, image {args.image.name}")
+    print(f"segearth-nano, {model.cfg.image_size}² input, torch threads {torch.get_num_threads()}, "
+          f"image {args.image.name}")
     print("| measure | value |\n|---|---|")
     print(f"| model load | {load_s:.2f} s |")
-    print(f"| first question (letterbox + image encoding + question), median of {args.repeats} | {statistics.median(first) * 1000:.0f} ms |")
+    print(f"| first question (letterbox + image encoding + question), median of {args.repeats} "
+          f"| {statistics.median(first) * 1000:.0f} ms |")
     print(f"| later question (image cached), median of {len(later)} | {statistics.median(later) * 1000:.0f} ms |")
     print(f"| first / later | {statistics.median(first) / statistics.median(later):.1f}x |")
     print(f"| peak RSS | {rss:.0f} MiB |")

@@ -122,7 +122,8 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--config", args.config, "--child", str(raster), mode,
                    str(args.tile_size), str(Path(tmp) / mode)]
             Path(tmp, mode).mkdir()
-            row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            stdout = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            row = json.loads(stdout.strip().splitlines()[-1])
             print(f"| {row['mode']} | {row['seconds']} | {row['peak_rss_gib']} | {row['regions']} |")
 
 

@@ -52,7 +52,7 @@ def main() -> None:
                 out.append(predictor.predict(q).mask)
                 times[label].append(time.perf_counter() - start)
             masks[label] = out
-        for a, b in zip(masks["float32"], masks["int8"]):
+        for a, b in zip(masks["float32"], masks["int8"], strict=True):
             union = np.logical_or(a, b).sum()
             ious.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
     f, i = statistics.median(times["float32"]), statistics.median(times["int8"])

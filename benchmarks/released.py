@@ -110,7 +110,7 @@ def print_table(rows: list[dict]) -> None:
     labels = {"vision_encoder": "Swin-B", "pixel_decoder": "pixel decoder",
               "deformable sampling": "  of which deformable sampling", "llm": "Phi-1.5 LLM",
               "d_projector": "D-Projector", "mask_decoder": "mask decoder", "total": "forward (best)"}
-    print(f"| stage (s) | " + " | ".join(r["dtype"] for r in rows) + " |")
+    print("| stage (s) | " + " | ".join(r["dtype"] for r in rows) + " |")
     print("|---|" + "---:|" * len(rows))
     for name in names:
         print(f"| {labels.get(name, name)} | " + " | ".join(f"{r['stages'][name]:.2f}" for r in rows) + " |")
@@ -135,7 +135,8 @@ def main() -> None:
         return
     rows = []
     for dtype in args.dtypes:
-        cmd = [sys.executable, __file__, "--child", dtype, "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        cmd = [sys.executable, __file__, "--child", dtype,
+               "--repeats", str(args.repeats), "--threads", str(args.threads)]
         rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]))
     print_table(rows)
 

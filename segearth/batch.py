@@ -19,8 +19,9 @@ from rich.table import Table
 
 from .api import load_predictor
 from .geo.paths import confined_output, is_remote, output_stem, source_name
+from .pipeline import Progress as Tick
+from .pipeline import check_raster, work_units
 from .predict import PredictOptions, RasterResult, predict_raster
-from .pipeline import Progress as Tick, check_raster, work_units
 
 if TYPE_CHECKING:
     from .predictor import Predictor
@@ -138,7 +139,8 @@ def ensure_writable(folder: Path) -> None:
 def job_stems(job: Job, opts: PredictOptions, model_name: str) -> list[str]:
     """Output stem per question: the manifest's name where it gives one, else derived (see ``output_stem``)."""
     given = job.stems or [None] * len(job.questions)
-    return [s or output_stem(job.image, q, mode=opts.mode.value, model=model_name) for s, q in zip(given, job.questions)]
+    return [s or output_stem(job.image, q, mode=opts.mode.value, model=model_name)
+            for s, q in zip(given, job.questions, strict=True)]
 
 
 def run_job(predictor: Predictor, model_name: str, job: Job, opts: PredictOptions, progress: Tick | None = None,
@@ -215,4 +217,5 @@ def _summary(report: BatchReport, out_dir: Path, console: Console) -> None:
             console.print(f"[yellow]note[/] {escape(notice)}", highlight=False, soft_wrap=True)
     console.print(table)
     if report.failed:
-        console.print(f"[bold red]{len(report.failed)} item(s) failed[/]; {len(report.done)} succeeded", highlight=False)
+        console.print(f"[bold red]{len(report.failed)} item(s) failed[/]; {len(report.done)} succeeded",
+                      highlight=False)

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors.torch import save_file
@@ -122,7 +122,8 @@ class LoadReport:
 
     def message(self, source: str) -> str:
         lines = [f"cannot load checkpoint {source}:"]
-        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("wrong shape", self.mismatched)):
+        sections = (("missing", self.missing), ("unexpected", self.unexpected), ("wrong shape", self.mismatched))
+        for title, keys in sections:
             if keys:
                 lines.append(f"  {len(keys)} {title} key(s):")
                 lines += [f"    {k}" for k in keys]
@@ -207,7 +208,7 @@ def load_weights(
         want = dtype if (assign and dtype is not None and like.is_floating_point()) else like.dtype
         tensor = tensors.read(key, want)
         parts = split_fused_qkv(tensor, heads) if len(targets) == 3 else (tensor,)
-        for (ours, _), part in zip(targets, parts):
+        for (ours, _), part in zip(targets, parts, strict=True):
             if OPTIONAL_KEYS.search(ours):
                 recomputed[ours] = part
             else:

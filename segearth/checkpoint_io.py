@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -177,7 +177,8 @@ def check_finite(t: torch.Tensor, key: str, origin: str, converted_from: torch.d
     if bool(torch.isfinite(low) & torch.isfinite(high)):
         return
     if converted_from is not None:
-        raise CheckpointError(f"{origin}: tensor {key} overflows {t.dtype} (finite in {converted_from}); load it in a wider dtype")
+        raise CheckpointError(f"{origin}: tensor {key} overflows {t.dtype} (finite in {converted_from}); "
+                              "load it in a wider dtype")
     raise CheckpointError(f"{origin}: tensor {key} holds NaN or Inf values")
 
 

@@ -22,8 +22,9 @@ import json
 import math
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Union
 
 MAX_PARAMETERS = 10_000_000_000  # six times the released model
 MAX_IMAGE_SIZE = 4096  # 16x the pixels of the released 1024² input; activations grow with its square

@@ -137,7 +137,7 @@ class ColourPrior:
             image, masks = load_group(group)
             index = _colour_index(image)
             union: dict[str, np.ndarray] = {}
-            for sample, mask in zip(group, masks):
+            for sample, mask in zip(group, masks, strict=True):
                 union[sample.class_name] = union.get(sample.class_name, np.zeros(mask.shape, bool)) | (mask == 1)
             everything = np.bincount(index.ravel(), minlength=bins)
             for name, m in union.items():
@@ -240,7 +240,7 @@ def evaluate(
             predictor.set_image(image)
             to_grid: ToGrid = (lambda m: letterbox_mask(m, size)) if protocol == "paper" else (lambda m: m)
             shown = letterbox(image, size)[0] if protocol == "paper" else image
-            for sample, mask in zip(group, masks):
+            for sample, mask in zip(group, masks, strict=True):
                 pred = predictor.predict(sample.question)
                 logits = pred.canvas_logits(size) if protocol == "paper" else pred.logits
                 binary = (logits > 0).cpu().numpy()
@@ -335,7 +335,8 @@ def eval_command(
     split: Annotated[str, typer.Option(
         help="; ".join(f"{', '.join(d.splits)} ({name})" for name, d in DATASETS.items()) + ".")] = "val",
     model: Annotated[Path | None, typer.Option(
-        "--model", "-m", help="Checkpoint folder (config.json, *.safetensors, tokenizer); default: the built-in segearth-nano.")] = None,
+        "--model", "-m",
+        help="Checkpoint folder (config.json, *.safetensors, tokenizer); default: the built-in segearth-nano.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (created if needed).")] = DEFAULT_OUT,
     protocol: Annotated[str, typer.Option(
         help="paper: official scoring on the model's letterboxed canvas (1024² for the released model); "
@@ -376,7 +377,8 @@ def eval_command(
     from .errors import USER_ERRORS, exit_with_user_error
 
     try:
-        run_eval(dataset.value, split, data_root, model, out, protocol=protocol, first_question_only=first_question_only,
-                 limit=limit, task=task, device=device, dtype=dtype, overwrite=overwrite)
+        run_eval(dataset.value, split, data_root, model, out, protocol=protocol,
+                 first_question_only=first_question_only, limit=limit, task=task, device=device, dtype=dtype,
+                 overwrite=overwrite)
     except USER_ERRORS as exc:
         exit_with_user_error(exc, debug)

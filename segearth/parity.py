@@ -39,7 +39,8 @@ def fixture_config(raw: dict, io: dict[str, torch.Tensor]) -> SegEarthConfig:
     if not llm:
         raise CheckpointError("fixture config.json has no 'llm_config' section")
     # Several decoder sections may exist (full values, overrides only): the fullest is authoritative.
-    decoder = max(_sections(raw, "mask_decoder_cfg"), key=lambda d: sum(k.startswith("MODEL.") for k in d), default=None)
+    decoder = max(_sections(raw, "mask_decoder_cfg"), key=lambda d: sum(k.startswith("MODEL.") for k in d),
+                  default=None)
     swin = _sections(raw, "small_vision_tower")
     image_size = int(io["input.images"].shape[-1])
     return config_from_official(
@@ -163,7 +164,8 @@ def run_parity(folder: str | Path, device: str = "cpu") -> tuple[list[Comparison
     raw = json.loads((folder / "config.json").read_text())
     io = load_file(str(folder / "io.safetensors"))
     cfg = fixture_config(raw, io)
-    model = build_and_load(cfg, load_file(str(folder / "weights.safetensors")), str(folder / "weights.safetensors"), device)
+    weights = str(folder / "weights.safetensors")
+    model = build_and_load(cfg, load_file(weights), weights, device)
     ours = replay(model, {k: v.to(device) for k, v in io.items()})
     results, missing = [], []
     for name, ref in io.items():

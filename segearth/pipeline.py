@@ -26,8 +26,17 @@ import numpy as np
 from rasterio.windows import Window
 
 from .geo.read import (
-    DEFAULT_MAX_PIXELS, RasterInfo, RasterInputError, SceneImage, Stretch, compute_stretch, open_raster,
-    read_overview, read_valid_mask, read_window, select_bands,
+    DEFAULT_MAX_PIXELS,
+    RasterInfo,
+    RasterInputError,
+    SceneImage,
+    Stretch,
+    compute_stretch,
+    open_raster,
+    read_overview,
+    read_valid_mask,
+    read_window,
+    select_bands,
 )
 from .geo.tiles import LogitStitcher, plan_tiles, upsample_blocks
 from .options import Mode, choice
@@ -126,10 +135,12 @@ def run_raster(
     predictor: Predictor,
     source: str | Path,
     questions: list[str],
-    opts: RunOptions = RunOptions(),
+    opts: RunOptions | None = None,
     progress: Progress | None = None,
 ) -> RasterRun:
     """Ask every question about ``source``; the model runs here, the blocks are produced lazily."""
+    if opts is None:
+        opts = RunOptions()
     if not questions:
         raise ValueError("no question given")
     for q in questions:
@@ -167,12 +178,12 @@ def run_raster(
                 tick(len(questions))
                 continue
             predictor.set_image(piece.image)
-            for q, stitcher in zip(questions, run._stitchers):
+            for q, stitcher in zip(questions, run._stitchers, strict=True):
                 stitcher.add(window, predictor.predict(q).logits.numpy())
                 tick(1)
     except BaseException:
         run.close()
         raise
-    for q, stitcher in zip(questions, run._stitchers):
+    for q, stitcher in zip(questions, run._stitchers, strict=True):
         run.answers.append(RasterAnswer(q, lambda s=stitcher: s.blocks(fill=np.nan), valid))
     return run

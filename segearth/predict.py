@@ -98,7 +98,7 @@ def staged(paths: dict[str, Path]) -> Iterator[dict[str, Path]]:
         raise OutputWriteError(folder, exc.strerror or str(exc), exc.errno) from None
     try:
         yield {key: stage / p.name for key, p in paths.items()}
-        for key, final in paths.items():
+        for final in paths.values():
             os.replace(stage / final.name, final)  # same filesystem: atomic per file
     except OutputWriteError:
         raise
@@ -205,7 +205,7 @@ def predict_raster(
         result = RasterResult(source, run.info, notices=run.notices)
         preview = read_overview(source, PREVIEW_MAX_SIDE, params=run.stretch).image
         cell = opts.output_cell(run.info, predictor.image_size)
-        for i, answer in zip(todo, run.answers):
+        for i, answer in zip(todo, run.answers, strict=True):
             with staged(planned[i]) as tmp:
                 result.results.append(
                     write_answer(answer.blocks(), run.info, preview, answer.question, model_name, tmp, opts, cell)

@@ -2,8 +2,9 @@
 
 :meth:`Predictor.set_image` takes the user's RGB image as it is (any size), letterboxes it onto the
 model's square canvas and runs everything that does not depend on the question: the vision encoder,
-the connector and the pixel decoder. Each :meth:`Predictor.predict` then runs the question through the LLM and the D-Projector and mask decoder (:meth:`SegEarthR1.decode`,
-the one question path shared with the full forward pass). For a causal LLM the first question runs
+the connector and the pixel decoder. Each :meth:`Predictor.predict` then runs the question through the LLM
+and the D-Projector and mask decoder (:meth:`SegEarthR1.decode`, the one question path shared with the full
+forward pass). For a causal LLM the first question runs
 after the prompt prefix (system text, image tokens, instruction) in one pass, whose key/value cache of
 the prefix is kept; later questions continue from it, several at once with :meth:`predict_batch`.
 Because the LLM is causal and the mask depends only on the description rows, the result equals the
@@ -177,13 +178,13 @@ class Predictor:
         """Answers to several questions about the cached image, run through the LLM together."""
         refers = [self._check_question(q) for q in questions]
         if not self._use_cache:
-            return [self._prediction(q, m) for q, m in zip(questions, self._uncached(refers))]
+            return [self._prediction(q, m) for q, m in zip(questions, self._uncached(refers), strict=True)]
         out: list[Prediction] = []
         if self._prefix_kv is None:  # the first question also builds the prefix cache: one LLM pass, as uncached
             out.append(self._prediction(questions[0], self._first_with_prefix(refers[0])))
             questions, refers = questions[1:], refers[1:]
         if refers:
-            out += [self._prediction(q, m) for q, m in zip(questions, self._continue_prefix(refers))]
+            out += [self._prediction(q, m) for q, m in zip(questions, self._continue_prefix(refers), strict=True)]
         return out
 
     def _decode(self, hidden: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:

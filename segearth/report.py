@@ -84,7 +84,7 @@ class EvalResult:
         for key, scores in self.scores.items():
             by_kind: dict[str, list[SampleScore]] = {}
             by_class: dict[str, list[SampleScore]] = {}
-            for record, score in zip(self.records, scores):
+            for record, score in zip(self.records, scores, strict=True):
                 by_kind.setdefault(record.kind, []).append(score)
                 if record.class_name:
                     by_class.setdefault(record.class_name, []).append(score)
@@ -191,7 +191,7 @@ def draw_cases(best: list[Case], worst: list[Case], size: int = THUMB) -> Image.
     if not rows:
         draw.text((pad, pad), "no samples", fill=(0, 0, 0), font=font)
     y = pad
-    for (label, c), cap in zip(rows, captions):
+    for (label, c), cap in zip(rows, captions, strict=True):
         panels = (Image.fromarray(c.image), _overlay(c.image, c.truth, _TRUTH_RGB),
                   _overlay(c.image, c.pred, _PRED_RGB))
         for i, panel in enumerate(panels):

@@ -159,7 +159,8 @@ def run_on_ray(jobs: list[Job], model: str | None, opts: PredictOptions, scale: 
     log = DoneLog(opts.out_dir)
     todo = _pending(jobs, opts, display_name(model), log, report)
     if report.earlier:
-        console.print(f"{len(report.earlier)} item(s) finished by an earlier run ({DONE_LOG}): skipped", highlight=False)
+        console.print(f"{len(report.earlier)} item(s) finished by an earlier run ({DONE_LOG}): skipped",
+                      highlight=False)
     if not todo:
         return report
     started = _connect(ray, scale)

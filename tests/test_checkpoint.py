@@ -43,7 +43,8 @@ def test_every_released_key_is_consumed_with_its_shape():
     assert sorted(report.ignored_unused) == sorted(
         ["seg_query", "predictor.query_feat.weight", "predictor.query_embed.weight",
          "predictor.SEG_query_embed.weight", "predictor.new_query_embed.weight"]
-        + [f"predictor.{h}.layers.{i}.{p}" for h in ("SEG_proj", "CLASS_proj") for i in (0, 1) for p in ("weight", "bias")]
+        + [f"predictor.{h}.layers.{i}.{p}"
+           for h in ("SEG_proj", "CLASS_proj") for i in (0, 1) for p in ("weight", "bias")]
     )
     # no parameter of ours is left unloaded, and parameter counts agree
     used = sum(torch.Size(s).numel() for k, s in official.items() if k not in report.ignored_unused
@@ -124,7 +125,8 @@ def test_save_and_load_round_trip_gives_identical_outputs(small_model, tmp_path)
 
 
 def test_sharded_safetensors_and_bf16_weights(small_model, tmp_path):
-    weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in _official_weights(small_model).items()}
+    weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+               for k, v in _official_weights(small_model).items()}
     keys = sorted(weights)
     folder = tmp_path / "sharded"
     folder.mkdir()
@@ -199,19 +201,28 @@ def _official_only(raw):
         (lambda r: r["segearth"]["llm"].update(hidden_size="abc"),
          'segearth.llm.hidden_size must be a positive integer <= 65,536, got "abc"'),
         (lambda r: r["segearth"]["vision"].update(depths=[2, 2]), "segearth.vision.depths must be a list of 4 values"),
-        (lambda r: r["segearth"]["vision"].update(depths=[2, 2, 2.5, 2]), "segearth.vision.depths[2] must be a positive"),
-        (lambda r: r["segearth"].update(image_size=100), "segearth.image_size must be a multiple of 64 in [64, 4,096], got 100"),
-        (lambda r: r["segearth"]["loss"].update(mask_weight=float("nan")), "segearth.loss.mask_weight must be a non-negative"),
-        (lambda r: r["segearth"]["pixel_decoder"].update(conv_dim=True), "segearth.pixel_decoder.conv_dim must be a positive"),
+        (lambda r: r["segearth"]["vision"].update(depths=[2, 2, 2.5, 2]),
+         "segearth.vision.depths[2] must be a positive"),
+        (lambda r: r["segearth"].update(image_size=100),
+         "segearth.image_size must be a multiple of 64 in [64, 4,096], got 100"),
+        (lambda r: r["segearth"]["loss"].update(mask_weight=float("nan")),
+         "segearth.loss.mask_weight must be a non-negative"),
+        (lambda r: r["segearth"]["pixel_decoder"].update(conv_dim=True),
+         "segearth.pixel_decoder.conv_dim must be a positive"),
         (lambda r: r["segearth"]["llm"].update(hidden_act="swish!"), "segearth.llm.hidden_act must be one of"),
-        (lambda r: r["segearth"].update(prompt_task="chat"), "segearth.prompt_task must be one of referring, reasoning"),
+        (lambda r: r["segearth"].update(prompt_task="chat"),
+         "segearth.prompt_task must be one of referring, reasoning"),
         (lambda r: r["segearth"]["mask_decoder"].update(heads=4),
          "unknown config key 'segearth.mask_decoder.heads'; did you mean 'segearth.mask_decoder.num_heads'?"),
-        (lambda r: r["segearth"]["vision"].update(kind="vit"), 'segearth.vision.kind must be one of efficientnet, swin, got "vit"'),
+        (lambda r: r["segearth"]["vision"].update(kind="vit"),
+         'segearth.vision.kind must be one of efficientnet, swin, got "vit"'),
         (lambda r: r["segearth"].update(llm=[]), "segearth.llm must be a mapping of keys, got []"),
-        (lambda r: (_official_only(r), r.update(hidden_size="abc")), 'hidden_size must be a positive integer <= 65,536, got "abc"'),
-        (lambda r: (_official_only(r), r.update(num_hidden_layers=-3)), "num_hidden_layers must be a positive integer <= 256, got -3"),
-        (lambda r: (_official_only(r), r.update(layer_norm_eps="1e-5")), 'layer_norm_eps must be a number in (0, 1), got "1e-5"'),
+        (lambda r: (_official_only(r), r.update(hidden_size="abc")),
+         'hidden_size must be a positive integer <= 65,536, got "abc"'),
+        (lambda r: (_official_only(r), r.update(num_hidden_layers=-3)),
+         "num_hidden_layers must be a positive integer <= 256, got -3"),
+        (lambda r: (_official_only(r), r.update(layer_norm_eps="1e-5")),
+         'layer_norm_eps must be a number in (0, 1), got "1e-5"'),
         (lambda r: (_official_only(r), r.update(qk_layernorm="no")), 'qk_layernorm must be true or false, got "no"'),
         (lambda r: (_official_only(r), r.update(swin_type="huge")), 'swin_type must be one of base, large, got "huge"'),
     ],

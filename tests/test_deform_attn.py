@@ -100,7 +100,7 @@ def test_gradients_equal_grid_sample():
         out = fn(inputs[0], shapes, inputs[1], inputs[2])
         (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
         grads.append([t.grad for t in inputs])
-    for fast, ref in zip(*grads):
+    for fast, ref in zip(*grads, strict=True):
         assert (fast - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item())
 
 

@@ -86,7 +86,7 @@ def make_sample(tmp_path: Path, name: str, image: np.ndarray, mask: np.ndarray, 
 
 
 def by_id(result, method: str = "model") -> dict[str, float]:
-    return {r.id: s.iou for r, s in zip(result.records, result.scores[method])}
+    return {r.id: s.iou for r, s in zip(result.records, result.scores[method], strict=True)}
 
 
 # --------------------------------------------------------------------------- harness and baselines
@@ -131,7 +131,7 @@ def test_paper_and_native_agree_on_square_images(tmp_path: Path, predictor: Pred
     mask[20:70, 30:100] = 1
     samples = [make_sample(tmp_path, "sq", image, mask), make_sample(tmp_path, "sq2", image, 1 - mask)]
     paper, native = evaluate(predictor, samples, "paper"), evaluate(predictor, samples, "native")
-    for a, b in zip(paper.records, native.records):
+    for a, b in zip(paper.records, native.records, strict=True):
         fields = ("iou", "intersection", "union", "target_pixels", "predicted_pixels")
         assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
     assert by_id(paper, "everything_canvas") == by_id(paper, "everything") == by_id(native, "everything")

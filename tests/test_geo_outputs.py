@@ -105,7 +105,7 @@ def test_atomic_path_commits_only_complete_files(tmp_path: Path) -> None:
         with atomic_path(final, overwrite=True) as tmp:
             tmp.write_bytes(b"half")
             (tmp_path / f"{tmp.name}.aux.xml").write_text("side file")
-            1 / 0
+            raise ZeroDivisionError  # interrupted mid-write
     assert final.read_bytes() == b"new"  # the old result is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["x.tif"]  # temporary and side file gone
 

@@ -45,10 +45,10 @@ class FakeHub:
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_HEAD(self):  # noqa: N802
+            def do_HEAD(self):
                 hub._serve(self, body=False)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 hub._serve(self, body=True)
 
             def log_message(self, *args):  # keep pytest output clean

@@ -13,7 +13,13 @@ from segearth.config import SegEarthConfig, SwinConfig, released_config
 from segearth.modeling.connector import CompressionConnector
 from segearth.modeling.deform_attn import multi_scale_deformable_sampling
 from segearth.modeling.prompt import (
-    ANSWER_TOKEN, IGNORE_INDEX, IMAGE_TOKEN, REFER_TOKEN, SEG_TOKEN, build_prompt, render_prompt,
+    ANSWER_TOKEN,
+    IGNORE_INDEX,
+    IMAGE_TOKEN,
+    REFER_TOKEN,
+    SEG_TOKEN,
+    build_prompt,
+    render_prompt,
 )
 from segearth.modeling.swin import SwinEncoder
 from segearth.tokenizer import byte_level_tokenizer

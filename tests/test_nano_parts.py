@@ -63,7 +63,8 @@ def test_pyramid_shapes_strides_channels(variant: str, channels: tuple[int, ...]
     assert enc.stage_channels == channels
     with torch.no_grad():
         feats = enc(torch.randn(1, 3, 256, 256))
-    assert [tuple(f.shape) for f in feats] == [(1, c, 256 // s, 256 // s) for c, s in zip(channels, (4, 8, 16, 32))]
+    want = [(1, c, 256 // s, 256 // s) for c, s in zip(channels, (4, 8, 16, 32), strict=True)]
+    assert [tuple(f.shape) for f in feats] == want
     with torch.no_grad():  # non-square input
         assert enc(torch.randn(1, 3, 64, 96))[-1].shape[-2:] == (2, 3)
 

@@ -153,11 +153,12 @@ def test_same_names_different_inputs_never_collide(tmp_path):
     for overwrite in (False, True):
         masks = {}
         for path in paths:
-            result = predict_raster(RedStub(), path, ["red", "red"], PredictOptions(out_dir=out, overwrite=overwrite), "stub")
+            opts = PredictOptions(out_dir=out, overwrite=overwrite)
+            result = predict_raster(RedStub(), path, ["red", "red"], opts, "stub")
             assert len(result.results) == 1  # the repeated question was answered once
             masks[path.name] = result.results[0].mask
         assert len({m.name for m in masks.values()}) == 2
-        for path, (r0, r1) in zip(paths, [(0, 64), (64, 128)]):
+        for path, (r0, r1) in zip(paths, [(0, 64), (64, 128)], strict=True):
             with rasterio.open(masks[path.name]) as m:
                 rows = np.flatnonzero((m.read(1) == 255).all(axis=1))
             assert rows.min() <= r0 + 2 and rows.max() >= r1 - 3 and len(rows) < 70, path.name

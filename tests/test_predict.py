@@ -50,7 +50,8 @@ def test_cached_prediction_equals_the_full_forward(predictor):
         assert torch.allclose(cached, full, atol=1e-5)
     # a second image replaces the cache
     predictor.set_image(255 - canvas)
-    assert torch.allclose(predictor.predict("the roads").logits, predictor.predict_uncached("the roads").logits, atol=1e-5)
+    cached, uncached = predictor.predict("the roads"), predictor.predict_uncached("the roads")
+    assert torch.allclose(cached.logits, uncached.logits, atol=1e-5)
 
 
 def test_predictor_input_errors(predictor):
@@ -85,7 +86,7 @@ def test_outputs_are_georeferenced_like_the_input(predictor, tmp_path, mode):
         for feature in collection["features"]:
             assert feature["properties"]["question"] == r.question and feature["properties"]["model"] == "tiny"
             assert 0.0 <= feature["properties"]["mean_probability"] <= 1.0
-            xs, ys = zip(*[pt for ring in feature["geometry"]["coordinates"] for pt in ring])
+            xs, ys = zip(*[pt for ring in feature["geometry"]["coordinates"] for pt in ring], strict=True)
             assert west - 1e-6 <= min(xs) and max(xs) <= east + 1e-6
             assert south - 1e-6 <= min(ys) and max(ys) <= north + 1e-6
         import pyogrio
@@ -97,7 +98,8 @@ def test_outputs_are_georeferenced_like_the_input(predictor, tmp_path, mode):
 
 def test_nodata_is_never_inside_the_mask(predictor, tmp_path):
     src = _raster("landsat_int16_nodata_epsg4326.tif")
-    result = predict_raster(predictor, src, ["the river"], PredictOptions(out_dir=tmp_path, probabilities=False), "tiny")
+    opts = PredictOptions(out_dir=tmp_path, probabilities=False)
+    result = predict_raster(predictor, src, ["the river"], opts, "tiny")
     with rasterio.open(src) as ref:
         nodata = ref.read(1) == ref.nodata
     with rasterio.open(result.results[0].mask) as m:
@@ -145,7 +147,8 @@ def test_cli_single_raster_and_refusal_to_overwrite(checkpoint, tmp_path):
 )
 def test_cli_bad_inputs_exit_2_with_one_line(checkpoint, tmp_path, name, extra, message):
     src = GEOTIFF / name
-    result = CliRunner().invoke(app, ["predict", str(src), "the water", "-m", str(checkpoint), "--out", str(tmp_path), *extra])
+    args = ["predict", str(src), "the water", "-m", str(checkpoint), "--out", str(tmp_path), *extra]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
 
@@ -156,7 +159,8 @@ def test_cli_empty_question_and_unwritable_folder(checkpoint, tmp_path):
     assert result.exit_code == 2 and "question is empty" in result.output
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = CliRunner().invoke(app, ["predict", str(src), "water", "-m", str(checkpoint), "--out", str(blocker / "sub")])
+    args = ["predict", str(src), "water", "-m", str(checkpoint), "--out", str(blocker / "sub")]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "output folder" in result.output
 
 
@@ -249,7 +253,7 @@ def test_batched_questions_equal_one_by_one(predictor):
     questions = ["where could a boat travel?", "the roads", "x", "which buildings are tallest, and why?"]
     predictor.set_image(image)
     batched = predictor.predict_batch(questions)
-    for q, b in zip(questions, batched):
+    for q, b in zip(questions, batched, strict=True):
         single = predictor.predict(q)
         full = predictor.predict_uncached(q)
         assert b.question == q

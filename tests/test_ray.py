@@ -205,4 +205,5 @@ def test_without_ray_installed_one_line(tmp_path, monkeypatch):
 
 def test_the_command_line_does_not_import_ray():
     code = "import sys, segearth.cli; print('ray' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

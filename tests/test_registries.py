@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import test_datasets
-import test_evaluate
 import yaml
 
 from segearth.config import SegEarthConfig, config_from_json, official_config_json
@@ -17,6 +15,9 @@ from segearth.evaluate import DatasetName, load_samples
 from segearth.presets import PRESETS, Preset, get_preset, preset_names, register_preset
 from segearth.train.config import ConfigError, load_train_config
 from segearth.weights import BUILTIN_NAMES, builtin_model_path
+
+import test_datasets
+import test_evaluate
 
 earthreason_root = test_datasets.earthreason_root
 rrsisd_root = test_datasets.rrsisd_root

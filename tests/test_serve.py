@@ -12,10 +12,9 @@ import pytest
 import rasterio
 import torch
 import typer
+from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
-
-from fastapi.testclient import TestClient
 
 from segearth import SegEarthR1, small_config
 from segearth.predictor import Predictor

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from test_serve import BASE, _ask, _raster, _upload, client, make_client, predictor  # noqa: F401 (fixtures)
-from test_serve_limits import sparse_geotiff
 
 import segearth.serve.engine as engine_module
 from segearth.serve import ServeSettings, create_app
 from segearth.serve.errors import path_scrubber
+
+from test_serve import BASE, _ask, _raster, _upload, client, make_client, predictor  # noqa: F401 (fixtures)
+from test_serve_limits import sparse_geotiff
 
 
 def _files(folder: Path) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+
 from test_serve import _ask, _raster, _upload, client, make_client, predictor  # noqa: F401 (fixtures)
 
 

@@ -10,6 +10,7 @@ import pytest
 import rasterio
 from PIL import Image
 from rasterio.warp import transform, transform_bounds
+
 from test_serve import GEOTIFF, _raster, _upload, client, make_client, predictor  # noqa: F401 (fixtures)
 
 

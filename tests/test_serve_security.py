@@ -8,7 +8,6 @@ import os
 import pytest
 import typer
 from fastapi.testclient import TestClient
-from test_serve import BASE, _raster, _upload, client, make_client, predictor  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
 
 import segearth.api
@@ -16,6 +15,8 @@ import segearth.serve.app
 from segearth.serve import ServeSettings, create_app
 from segearth.serve.command import serve
 from segearth.serve.security import host_name
+
+from test_serve import BASE, _raster, _upload, client, make_client, predictor  # noqa: F401 (fixtures)
 
 TOKEN = "s3cret-token-for-tests"
 

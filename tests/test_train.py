@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SHARED, require_shared
 from PIL import Image
 
 from segearth.modeling.prompt import IGNORE_INDEX
@@ -29,6 +28,8 @@ from segearth.train.checkpointing import (
 from segearth.train.collate import Collator, Example
 from segearth.train.config import ConfigError, load_train_config
 from segearth.train.data import BatchOrder
+
+from conftest import SHARED, require_shared
 
 REPO = Path(__file__).resolve().parents[1]
 LANDCOVER = SHARED / "data"
@@ -196,14 +197,16 @@ def test_gradient_checkpointing_matches(small_model):
     from segearth.tokenizer import byte_level_tokenizer
 
     batch = Collator(byte_level_tokenizer())([
-        Example(0, "a", np.zeros((256, 256, 3), np.uint8), np.ones((256, 256), np.uint8), "roads?", "Roads.", "reasoning")
+        Example(0, "a", np.zeros((256, 256, 3), np.uint8), np.ones((256, 256), np.uint8), "roads?", "Roads.",
+                "reasoning")
     ])
     from segearth.train.modelsetup import TrainingModule
 
     grads = []
     for ckpt in (False, True):
         if ckpt:
-            small_model.llm.phi.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            small_model.llm.phi.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
         small_model.zero_grad()
         small_model.train()
         small_model.vision_encoder.eval()  # no drop-path: both runs must see identical activations
@@ -245,7 +248,7 @@ def test_resume_after_sigkill_reproduces_losses(tmp_path):
     run_train(cfg, "--resume")
     resumed = read_log(out)
     assert [int(r["step"]) for r in resumed] == list(range(1, 7))
-    for want, got in zip(reference, resumed):
+    for want, got in zip(reference, resumed, strict=True):
         for key in ("lr", "total", "loss_mask", "loss_dice", "loss_llm"):
             assert float(got[key]) == float(want[key]), (want["step"], key, want[key], got[key])
     from segearth.checkpoint import load_model_and_tokenizer

@@ -29,12 +29,12 @@ class _Layout(NamedTuple):
     down: torch.Tensor  # table rows between a pixel and the one below it
     origin: torch.Tensor  # table row of pixel (0, 0) of the sample's level, image and head
 
-    def expand(self, *shape: int) -> "_Layout":
+    def expand(self, *shape: int) -> _Layout:
         # Materialised, not broadcast: broadcasting over the short inner dimensions (levels,
         # points) makes every elementwise op ~10x slower on CPU.
         return _Layout(*(t.expand(shape).contiguous() for t in self))
 
-    def first_queries(self, q: int) -> "_Layout":
+    def first_queries(self, q: int) -> _Layout:
         """The constants of the first ``q`` queries (a shorter last chunk)."""
         return _Layout(*(t[:, :q] for t in self))
 
@@ -83,7 +83,7 @@ def _framed_table(value: torch.Tensor, spatial_shapes: list[tuple[int, int]]) ->
     rows = sum((h + 3) * (w + 3) for h, w in spatial_shapes)
     table = value.new_zeros(b, rows, heads * d, dtype=torch.float32)  # fp32 whatever the model dtype
     starts, start = [], 0
-    for v, (h, w) in zip(value.split([h * w for h, w in spatial_shapes], dim=1), spatial_shapes):
+    for v, (h, w) in zip(value.split([h * w for h, w in spatial_shapes], dim=1), spatial_shapes, strict=True):
         framed = table[:, start : start + (h + 3) * (w + 3)].view(b, h + 3, w + 3, heads * d)
         framed[:, 1 : h + 1, 1 : w + 1] = v.reshape(b, h, w, heads * d)
         starts.append(start + (w + 3) + 1)  # skip the top frame row and the left frame column
@@ -162,6 +162,7 @@ class MSDeformAttn(nn.Module):
         # model dtype, as in the official code (fp32 reference points): a bf16 location near 1 on a
         # 128-wide map would be rounded by up to a quarter of a pixel.
         wh = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=torch.float32, device=query.device)
-        locations = reference_points.float()[:, :, None, :, None, :] + offsets.float() / wh[None, None, None, :, None, :]
+        locations = (reference_points.float()[:, :, None, :, None, :]
+                     + offsets.float() / wh[None, None, None, :, None, :])
         out = multi_scale_deformable_sampling(value, spatial_shapes, locations, weights)
         return self.output_proj(out)

@@ -87,13 +87,14 @@ class SameConv2d(nn.Conv2d):
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
         # Stride 1 "SAME" with an odd kernel is symmetric: let the conv pad by itself.
-        super().__init__(cin, cout, kernel, stride, padding=kernel // 2 if stride == 1 else 0, groups=groups, bias=False)
+        padding = kernel // 2 if stride == 1 else 0
+        super().__init__(cin, cout, kernel, stride, padding=padding, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride[0] == 1:
             return super().forward(x)
         pads = []
-        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
+        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride, strict=True):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads.append((total // 2, total - total // 2))
         (top, bottom), (left, right) = pads

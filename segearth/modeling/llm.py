@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from transformers import PhiConfig as HFPhiConfig
 from transformers import PhiModel
-from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
 
 from ..config import PhiConfig
 

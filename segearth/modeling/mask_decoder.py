@@ -60,7 +60,7 @@ class MLP(nn.Module):
 
     def __init__(self, dims: list[int]) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
 
     def forward(self, x):
         for i, layer in enumerate(self.layers):

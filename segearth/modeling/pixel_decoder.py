@@ -131,7 +131,7 @@ class PixelDecoder(nn.Module):
     def forward(self, features: tuple[torch.Tensor, ...]) -> PixelDecoderOutput:
         res2, res3, res4, res5 = features
         srcs, pos = [], []
-        for proj, x in zip(self.input_proj, (res5, res4, res3)):
+        for proj, x in zip(self.input_proj, (res5, res4, res3), strict=True):
             srcs.append(proj(x))
             pe = sine_position_encoding(x.shape[2], x.shape[3], self.cfg.conv_dim // 2, device=x.device)
             pos.append(pe.to(x.dtype).expand(x.shape[0], -1, -1, -1))
@@ -139,7 +139,7 @@ class PixelDecoder(nn.Module):
         b = memory.shape[0]
         maps = [
             m.transpose(1, 2).reshape(b, -1, h, w)
-            for m, (h, w) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes)
+            for m, (h, w) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes, strict=True)
         ]
         lateral = self.adapter_1(res2)
         top_down = F.interpolate(maps[-1].float(), size=lateral.shape[-2:], mode="bilinear", align_corners=False)

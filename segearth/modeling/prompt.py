@@ -15,8 +15,9 @@ Because the LLM is causal, nothing after the description can change the mask.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +39,10 @@ NO_TARGET_ANSWER = "There is no target object in the image."
 
 Task = Literal["referring", "reasoning"]
 _INSTRUCTION = {
-    "referring": "This is an image <image>, Please doing Referring Segmentation according to the following instruction:",
-    "reasoning": "This is an image <image>, Please doing Reasoning Segmentation according to the following instruction:",
+    "referring": "This is an image <image>, Please doing Referring Segmentation "
+                 "according to the following instruction:",
+    "reasoning": "This is an image <image>, Please doing Reasoning Segmentation "
+                 "according to the following instruction:",
 }
 # Assistant turns of the official datasets (training, RefSegRS eval, EarthReason) and RRSIS-D eval.
 ASSISTANT_REFERRING = "\nSure. It is <seg>. "
@@ -229,7 +232,8 @@ def splice_batch(
     longest = max(lengths)
     pad = lambda t, v: F.pad(t, (0, longest - t.shape[0]), value=v)  # noqa: E731
     embeds = torch.stack([F.pad(s, (0, 0, 0, longest - s.shape[0])) for s in seqs])
-    mask = torch.arange(longest, device=input_ids.device)[None] < torch.tensor(lengths, device=input_ids.device)[:, None]
+    positions = torch.arange(longest, device=input_ids.device)
+    mask = positions[None] < torch.tensor(lengths, device=input_ids.device)[:, None]
     refer_mask = torch.stack([pad(f, False) for f in flags])
     out_labels = torch.stack([pad(lab, IGNORE_INDEX) for lab in labs]) if labels is not None else None
     return SplicedBatch(embeds, mask, refer_mask, out_labels, lengths)

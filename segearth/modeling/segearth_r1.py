@@ -12,8 +12,8 @@ Everything that does not depend on the question (encoder, connector, pixel decod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ class ImageFeatures:
     visual_tokens: torch.Tensor  # [B, N, D]
     pixel: PixelDecoderOutput
 
-    def select(self, index: torch.Tensor | list[int]) -> "ImageFeatures":
+    def select(self, index: torch.Tensor | list[int]) -> ImageFeatures:
         """Features of the given batch rows (e.g. one image repeated for several questions)."""
         idx = torch.as_tensor(index, device=self.visual_tokens.device)
         px = self.pixel
@@ -154,7 +154,7 @@ class SegEarthR1(nn.Module):
     def decode(self, image: ImageFeatures, hidden_states: torch.Tensor, refer_mask: torch.Tensor):
         """LLM hidden states -> (description states, D-Projector output, per-layer mask logits)."""
         description_states = []
-        for h, m in zip(hidden_states, refer_mask):
+        for h, m in zip(hidden_states, refer_mask, strict=True):
             rows = h[m]
             description_states.append(torch.cat((rows.mean(0, keepdim=True), rows)))
         dproj = self.d_projector(description_states, image.res[-1])

@@ -211,7 +211,7 @@ class SwinEncoder(nn.Module):
         rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.layers = nn.ModuleList()
         start = 0
-        for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
+        for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads, strict=True)):
             dim = cfg.embed_dim * 2**i
             last = i == len(cfg.depths) - 1
             self.layers.append(SwinStage(dim, depth, heads, cfg, rates[start : start + depth], not last))

@@ -49,7 +49,7 @@ def install_error_handlers(app: FastAPI, folders: list[Path]) -> None:
     """Map exception classes to status codes; no path inside ``folders`` or the temp folder reaches a client."""
     scrub = path_scrubber([*folders, *TEMP])
 
-    def handle(status: int, headers: dict[str, str] | None = None):  # noqa: ANN202 - a decorator factory
+    def handle(status: int, headers: dict[str, str] | None = None):  # a decorator factory
         async def handler(_: Request, exc: Exception) -> JSONResponse:
             extra = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else {}
             return error_response(status, str(exc), {**(headers or {}), **extra} or None, scrub)

@@ -61,7 +61,7 @@ def _child(job: socket.socket, message: bytes) -> None:
             reply = ("ok", prepare_files(*pickle.loads(message)))
         except tuple(_CLIENT_ERRORS.values()) as exc:
             reply = (type(exc).__name__, str(exc))
-        except Exception:  # noqa: BLE001 - logged by the server
+        except Exception:  # logged by the server
             reply = ("internal", traceback.format_exc())
         # Same user and privileges as the server, so its pickle is trusted like the server's own.
         job.sendall(pickle.dumps(reply))
@@ -187,7 +187,7 @@ class PreparePool:
     def _warm_up() -> None:
         try:
             _ZYGOTE.ensure_started()
-        except Exception:  # noqa: BLE001 - the first upload retries and reports
+        except Exception:  # the first upload retries and reports
             log.warning("the upload preparation process could not be started in advance", exc_info=True)
 
     @property

@@ -111,13 +111,13 @@ class Collator:
         # Referring prompts carry no LM supervision (spec §4.4): their labels are ignored entirely.
         labels = [
             (p.labels or [])[: self.max_length] if p.answer_ids is not None else [IGNORE_INDEX] * len(i)
-            for p, i in zip(prompts, ids)
+            for p, i in zip(prompts, ids, strict=True)
         ]
         longest = max(len(i) for i in ids)
         input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(ids), longest), dtype=torch.bool)
         label_t = torch.full((len(ids), longest), IGNORE_INDEX, dtype=torch.long)
-        for row, (i, lab) in enumerate(zip(ids, labels)):
+        for row, (i, lab) in enumerate(zip(ids, labels, strict=True)):
             input_ids[row, : len(i)] = torch.tensor(i)
             attention[row, : len(i)] = True
             label_t[row, : len(lab)] = torch.tensor(lab)

@@ -149,7 +149,7 @@ _YamlLoader.add_implicit_resolver(
 
 
 def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader with one more float form
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader with one more float form
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

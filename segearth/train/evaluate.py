@@ -64,7 +64,7 @@ def evaluate(accelerator, module: torch.nn.Module, dataset: LetterboxedDataset, 
         size = batch.images.shape[-2:]
         pred = F.interpolate(out["logits"].float(), size=size, mode="bilinear", align_corners=False)[:, 0] > 0
         pred_np = pred.cpu().numpy()
-        for row, (pos, ex) in enumerate(zip(chunk, examples)):
+        for row, (pos, ex) in enumerate(zip(chunk, examples, strict=True)):
             if pos >= n:
                 continue
             score = score_sample(pred_np[row], ex.mask)

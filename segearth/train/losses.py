@@ -76,7 +76,7 @@ def mask_loss_terms(
     order = [layer_logits[-1]] + list(layer_logits[:-1])
     names = [""] + [f"_{i}" for i in range(len(layer_logits) - 1)]
     terms: dict[str, torch.Tensor] = {}
-    for call, (logits, suffix) in enumerate(zip(order, names)):
+    for call, (logits, suffix) in enumerate(zip(order, names, strict=True)):
         points = point_coords[call] if point_coords is not None else sample_uncertain_points(logits, cfg, generator)
         points = points.to(device=logits.device, dtype=logits.dtype)
         point_logits = point_sample(logits, points)[:, 0]
@@ -93,7 +93,9 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
 
 
-def total_loss(terms: dict[str, torch.Tensor], cfg: LossConfig, llm: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def total_loss(
+    terms: dict[str, torch.Tensor], cfg: LossConfig, llm: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Weighted sums: ``loss_mask``, ``loss_dice`` (over all layers), ``loss_llm`` and ``total``."""
     mask = cfg.mask_weight * sum(v for k, v in terms.items() if k.startswith("loss_mask"))
     dice_sum = cfg.dice_weight * sum(v for k, v in terms.items() if k.startswith("loss_dice"))

@@ -154,7 +154,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     logger = RunLogger(out, total_steps, start_step, accelerator.is_main_process, cfg.log.tensorboard,
                        ["n", "gIoU", "cIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9"])
     if resume:
-        logger.print(f"resuming from {ckpt} at step {start_step}" if ckpt else f"no checkpoint in {out}; starting fresh")
+        logger.print(f"resuming from {ckpt} at step {start_step}" if ckpt
+                     else f"no checkpoint in {out}; starting fresh")
     logger.print(f"{len(train_ds)} training samples, {world} process(es), {total_steps} steps, "
                  f"trainable parameters {sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
 
@@ -210,7 +211,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                                                     device=accelerator.device), "mean").tolist()
             elapsed = time.perf_counter() - window_start
             row = {"step": step, "epoch": micro / order.per_epoch, "lr": scheduler.get_last_lr()[0],
-                   **dict(zip(LOSS_KEYS, means)),
+                   **dict(zip(LOSS_KEYS, means, strict=True)),
                    "samples_per_s": window_micro * o.batch_size * world / max(elapsed, 1e-9)}
             result.history.append(row)
             logger.log_train(row)
