@@ -73,7 +73,7 @@ def test_border_and_far_outside_locations():
     for loc in (grid_units / per_level, torch.zeros(()), torch.ones(()), -0.5 / per_level,
                 1 + 0.5 / per_level, torch.full((), -7.0), torch.full((), 9.0)):
         locations = loc.expand_as(locations).clone()
-        locations[..., 1] = locations[..., 1].flip(1)  # mix x and y positions
+        locations[..., 1] = locations[..., 1].flip(-1)  # x and y at different grid positions
         out = multi_scale_deformable_sampling(value, shapes, locations, weights)
         ref = grid_sample_reference(value, shapes, locations, weights)
         assert (out - ref).abs().max() <= 1e-5
