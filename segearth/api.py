@@ -28,6 +28,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from .geo.read import DEFAULT_MAX_PIXELS, RasterInfo
+from .modeling.prompt import Task as PromptTask
 from .options import DType, Mode, Quantize, Task, choice
 from .pipeline import RunOptions, run_raster
 from .predictor import Predictor, Scores, sigmoid
@@ -49,14 +50,14 @@ def load_predictor(model: str | Path | None = None, task: str = "reasoning", dev
     chosen = choice(DType, dtype, "dtype")
     # int8 quantises a float32 model, so "auto" means float32 then
     torch_dtype = torch.float32 if quantize is Quantize.int8 and chosen is DType.auto else chosen.torch(device)
-    task = choice(Task, task, "task").value
+    prompt_task: PromptTask = choice(Task, task, "task").value
     folder = resolve_model(model)
     net, tokenizer = load_model_and_tokenizer(folder, device=device, dtype=torch_dtype)
     if quantize is Quantize.int8:
         from .quantize import quantize_int8
 
         net = quantize_int8(net)
-    return Predictor(net, tokenizer, task=task), display_name(model)
+    return Predictor(net, tokenizer, task=prompt_task), display_name(model)
 
 
 def display_name(model: str | Path | None) -> str:

@@ -234,7 +234,8 @@ def _read_exact(f, t: torch.Tensor, path: Path) -> None:
     """Fill contiguous ``t`` from the file's current position (read() returns at most ~2 GiB at a time)."""
     if t.numel() == 0:
         return
-    view = memoryview(t.view(torch.uint8).numpy())  # bytes view: numpy has no bfloat16
+    # (numpy's stubs declare ndarray a Buffer only for Python >= 3.12.)
+    view = memoryview(t.view(torch.uint8).numpy())  # type: ignore[arg-type]  # bytes view: numpy has no bfloat16
     done = 0
     while done < len(view):
         got = f.readinto(view[done:])

@@ -107,7 +107,8 @@ def all_keys(cls: type, prefix: str = "") -> list[str]:
     out = []
     for name, hint in _hints(cls).items():
         sub = _strip(hint)[0]
-        out += all_keys(sub, f"{prefix}{name}.") if dataclasses.is_dataclass(sub) else [f"{prefix}{name}"]
+        nested = isinstance(sub, type) and dataclasses.is_dataclass(sub)
+        out += all_keys(sub, f"{prefix}{name}.") if nested else [f"{prefix}{name}"]
     return out
 
 
@@ -145,7 +146,9 @@ def _strip(hint: Any) -> tuple[Any, list[Any]]:
 
 
 def _kind(cls: type) -> str:
-    return next(f.default for f in dataclasses.fields(cls) if f.name == "kind")
+    kind = next(f.default for f in dataclasses.fields(cls) if f.name == "kind")
+    assert isinstance(kind, str)  # a config with several kinds declares `kind: Literal[...] = "..."`
+    return kind
 
 
 @dataclass
@@ -156,7 +159,7 @@ class _Loader:
     def value(self, value: Any, hint: Any, key: str) -> Any:
         tp, meta = _strip(hint)
         origin = typing.get_origin(tp)
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             return self.dataclass(value, tp, key)
         if origin in (Union, types.UnionType):
             return self.union(value, typing.get_args(tp), key)

@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 
 DEFAULT_OUT = Path("segearth-eval")
 #: The registered dataset names as the choices of ``--dataset`` (shown in ``--help``, checked by typer).
-DatasetName = Enum("DatasetName", {name: name for name in DATASETS}, type=str)
+# (mypy cannot see the members of an Enum built from a registry at import time.)
+DatasetName = Enum("DatasetName", {name: name for name in DATASETS}, type=str)  # type: ignore[misc]
 COLOUR_BITS = 5
 #: The colour prior reads at most this many train images (evenly spaced), so that a large train
 #: split (RRSIS-D: thousands of images) costs seconds, not the time of the evaluation itself.
@@ -138,6 +139,7 @@ class ColourPrior:
             index = _colour_index(image)
             union: dict[str, np.ndarray] = {}
             for sample, mask in zip(group, masks, strict=True):
+                assert sample.class_name  # only samples with a class were grouped
                 union[sample.class_name] = union.get(sample.class_name, np.zeros(mask.shape, bool)) | (mask == 1)
             everything = np.bincount(index.ravel(), minlength=bins)
             for name, m in union.items():

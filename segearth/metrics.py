@@ -73,7 +73,8 @@ def letterbox_mask(mask: np.ndarray, size: int = PAPER_SIZE) -> np.ndarray:
     """Letterbox a target ``[H, W]`` onto a zero ``[size, size]`` canvas like the official GT path."""
     if mask.ndim != 2:
         raise ValueError(f"letterbox_mask expects a [H, W] mask, got shape {mask.shape}")
-    geo = Letterbox.fit(*mask.shape, size)
+    height, width = mask.shape
+    geo = Letterbox.fit(height, width, size)
     canvas = np.zeros((size, size), dtype=mask.dtype)
     canvas[geo.top : geo.top + geo.new_h, geo.left : geo.left + geo.new_w] = resize_nearest(mask, geo.new_h, geo.new_w)
     return canvas

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from .checkpoint import CheckpointError, build_and_load
 from .config import SegEarthConfig, config_from_official
+from .modeling.llm import PhiLanguageModel
 from .modeling.segearth_r1 import SegEarthOutput, SegEarthR1
 from .train.losses import lm_loss, mask_loss_terms, total_loss
 
@@ -64,6 +65,7 @@ def replay(model: SegEarthR1, io: dict[str, torch.Tensor]) -> dict[str, torch.Te
     input_ids = io["input.input_ids"]
     batch = input_ids.shape[0]
     layer_outputs: list[torch.Tensor] = []
+    assert isinstance(model.llm, PhiLanguageModel)  # the fixtures are of the official (Phi) model
     hooks = [
         layer.register_forward_hook(lambda _m, _i, out: layer_outputs.append(out[0] if isinstance(out, tuple) else out))
         for layer in model.llm.phi.layers
@@ -93,8 +95,8 @@ def replay(model: SegEarthR1, io: dict[str, torch.Tensor]) -> dict[str, torch.Te
     t["llm.refer_embedding_indices_expanded"] = seq.refer_mask.long()
     if seq.labels is not None:
         t["llm.labels_expanded"] = seq.labels
-    for i, h in enumerate(layer_outputs):
-        t[f"llm.layer{i}.output"] = h
+    for i, hidden in enumerate(layer_outputs):
+        t[f"llm.layer{i}.output"] = hidden
     t["llm.last_hidden_state"] = out.hidden_states
     px = out.image.pixel
     t["pixel_decoder.encoder_memory"] = px.encoder_memory

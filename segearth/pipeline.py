@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +166,7 @@ def run_raster(
         predictor.set_image(overview.image)
         for q in questions:
             low = predictor.predict(q).logits.numpy()
-            run.answers.append(RasterAnswer(q, lambda low=low: upsample_blocks(low, info.width, info.height), valid))
+            run.answers.append(RasterAnswer(q, partial(upsample_blocks, low, info.width, info.height), valid))
             tick(1)
         return run
 
@@ -185,5 +186,5 @@ def run_raster(
         run.close()
         raise
     for q, stitcher in zip(questions, run._stitchers, strict=True):
-        run.answers.append(RasterAnswer(q, lambda s=stitcher: s.blocks(fill=np.nan), valid))
+        run.answers.append(RasterAnswer(q, partial(stitcher.blocks, fill=np.nan), valid))
     return run

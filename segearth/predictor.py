@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .geo.letterbox import Letterbox, letterbox
+from .modeling.llm import PhiLanguageModel
 from .modeling.prompt import REFER_TOKEN, Task, build_prompt, description_ids, splice_sequence
 from .modeling.segearth_r1 import ImageFeatures, SegEarthR1
 
@@ -187,20 +188,32 @@ class Predictor:
             out += [self._prediction(q, m) for q, m in zip(questions, self._continue_prefix(refers), strict=True)]
         return out
 
+    def _image_features(self) -> ImageFeatures:
+        assert self._features is not None  # every question is checked first (_check_question)
+        return self._features
+
+    def _causal_llm(self) -> PhiLanguageModel:
+        llm = self.model.llm
+        assert isinstance(llm, PhiLanguageModel)  # the prefix cache is only used for a causal LLM
+        return llm
+
     def _decode(self, hidden: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
         """Description rows of the LLM output -> [B, S/4, S/4] mask logits (the model's question path)."""
-        features = self._features.select([0] * hidden.shape[0]) if hidden.shape[0] > 1 else self._features
+        cached = self._image_features()
+        features = cached.select([0] * hidden.shape[0]) if hidden.shape[0] > 1 else cached
         _, _, masks = self.model.decode(features, hidden, flags)
         return masks[-1][:, 0]
 
     def _first_with_prefix(self, refer: torch.Tensor) -> torch.Tensor:
         ids = torch.tensor(self._prefix_ids, device=self.model.device)
+        llm = self._causal_llm()
         prefix, _, _ = splice_sequence(
-            ids, None, self._features.visual_tokens[0], None, None, self.model.llm.embed, require_description=False
+            ids, None, self._image_features().visual_tokens[0], None, None, llm.embed, require_description=False
         )
-        embeds = torch.cat((prefix, self.model.llm.embed(refer)))[None]
-        hidden, cache = self.model.llm(embeds, None, self.model.llm.new_cache())
-        self._prefix_kv = self.model.llm.cache_prefix(cache, prefix.shape[0])
+        embeds = torch.cat((prefix, llm.embed(refer)))[None]
+        hidden, cache = llm(embeds, None, llm.new_cache())
+        assert cache is not None  # returned when one is passed
+        self._prefix_kv = llm.cache_prefix(cache, prefix.shape[0])
         question = hidden[:, prefix.shape[0]:]
         return self._decode(question, torch.ones(question.shape[:2], dtype=torch.bool, device=question.device))[0]
 
@@ -208,18 +221,20 @@ class Predictor:
         # Right padding is safe without an attention mask: in a causal LLM no description row sees the pads
         # after it, and only description rows reach the decoder.
         longest = max(len(r) for r in refers)
-        embeds = torch.stack([torch.nn.functional.pad(self.model.llm.embed(r), (0, 0, 0, longest - len(r)))
+        llm = self._causal_llm()
+        embeds = torch.stack([torch.nn.functional.pad(llm.embed(r), (0, 0, 0, longest - len(r)))
                               for r in refers])
         flags = torch.arange(longest, device=embeds.device)[None] < torch.tensor([len(r) for r in refers],
                                                                                 device=embeds.device)[:, None]
-        hidden, _ = self.model.llm(embeds, None, self.model.llm.new_cache(self._prefix_kv, len(refers)))
+        hidden, _ = llm(embeds, None, llm.new_cache(self._prefix_kv, len(refers)))
         return self._decode(hidden, flags)
 
     def _uncached(self, refers: list[torch.Tensor]) -> torch.Tensor:
         n = len(refers)
         ids = torch.tensor([self._ids] * n, device=self.model.device)
         answer = [torch.tensor(self._answer, device=self.model.device)] * n if self._answer is not None else None
-        features = self._features.select([0] * n) if n > 1 else self._features
+        cached = self._image_features()
+        features = cached.select([0] * n) if n > 1 else cached
         out = self.model(ids, refers, image_features=features, answer_ids=answer)
         return out.mask_logits[:, 0]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from segearth.data.io import read_gray, require_dir
-from segearth.data.sample import NO_TARGET_ANSWER, Sample
+from segearth.data.sample import NO_TARGET_ANSWER, Sample, SampleKind
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -99,7 +99,7 @@ class EarthReason:
         samples: list[Sample] = []
         for stem in sorted(images):
             questions, answer = self._read_qa(qas[stem])
-            kind = "reasoning" if answer is not None else "absent"
+            kind: SampleKind = "reasoning" if answer is not None else "absent"
             loader = partial(_load_label, labels[stem])
             for qi, question in enumerate(questions[:1] if first_question_only else questions):
                 samples.append(

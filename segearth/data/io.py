@@ -61,7 +61,8 @@ def _tiff_bands(path: Path) -> np.ndarray:
 
 def _pil_bands(path: Path) -> np.ndarray:
     """All channels of a Pillow-readable image as ``[C, H, W]`` (palette expanded, 16-bit kept)."""
-    with Image.open(path) as image:
+    with Image.open(path) as file:
+        image: Image.Image = file  # converted below: a plain Image, no longer the file
         if image.mode == "P":
             image = image.convert("RGBA")
         elif image.mode not in ("L", "LA", "RGB", "RGBA", *_SIXTEEN_BIT_MODES):

@@ -75,8 +75,7 @@ class Letterbox:
         out_w = self.in_w if out_w is None else out_w
         import torch
 
-        as_numpy = isinstance(canvas, np.ndarray)
-        tensor = torch.from_numpy(np.ascontiguousarray(canvas)) if as_numpy else canvas
+        tensor = torch.from_numpy(np.ascontiguousarray(canvas)) if isinstance(canvas, np.ndarray) else canvas
         if tensor.ndim != 2:
             raise ValueError(f"expected a 2-D canvas, got shape {tuple(tensor.shape)}")
         is_float = tensor.is_floating_point()
@@ -85,7 +84,7 @@ class Letterbox:
             work = _resize(work, self.size, self.size, is_float)
         work = work[..., self.top : self.top + self.new_h, self.left : self.left + self.new_w]
         out = _resize(work, out_h, out_w, is_float)[0, 0].to(tensor.dtype)
-        return out.numpy() if as_numpy else out
+        return out.numpy() if isinstance(canvas, np.ndarray) else out
 
 
 def _resize(x: torch.Tensor, height: int, width: int, bilinear: bool) -> torch.Tensor:
@@ -105,7 +104,8 @@ def letterbox(image: np.ndarray, size: int = 1024) -> tuple[np.ndarray, Letterbo
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    box = Letterbox.fit(*image.shape[:2], size)
+    height, width = image.shape[:2]
+    box = Letterbox.fit(height, width, size)
     new_h, new_w, top, left = box.new_h, box.new_w, box.top, box.left
     resized = image if (new_h, new_w) == image.shape[:2] else resize_rgb(image, new_h, new_w)
     canvas = np.zeros((size, size, 3), dtype=np.uint8)

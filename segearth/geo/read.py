@@ -250,7 +250,8 @@ def _read(
 def _joint_validity(ds: DatasetReader, bands: list[int], masks: np.ndarray) -> np.ndarray:
     """Combine per-band GDAL masks: nodata-value masks with *any*, real masks with *all*."""
     nodata_only = all(ds.mask_flag_enums[b - 1] == [MaskFlags.nodata] for b in bands)
-    return masks.any(axis=0) if nodata_only else masks.all(axis=0)
+    # numpy's stubs type any/all with an axis as "bool_ | ndarray"; an axis of a 3-D array gives an array.
+    return masks.any(axis=0) if nodata_only else masks.all(axis=0)  # type: ignore[return-value]
 
 
 def compute_stretch(

@@ -174,7 +174,7 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
     """Greedy word wrap to ``width`` px, at most :data:`CAPTION_MAX_LINES` lines (the last cut with ``...``)."""
     def fits(line: str) -> bool:
         return draw.textlength(line, font=font) <= width
@@ -232,6 +232,7 @@ def write_preview_png(
     picture = Image.fromarray(out)
 
     font = ImageFont.load_default(size=max(12, min(32, w // 32)))
+    assert isinstance(font, ImageFont.FreeTypeFont)  # a sized default font: Pillow built with FreeType
     margin = max(8, font.size // 2)
     lines = _wrap(ImageDraw.Draw(picture), caption, font, w - 2 * margin)
     line_h = int(font.size * 1.3)

@@ -95,6 +95,7 @@ class DProjector(nn.Module):
             media = visual[b][None, None]
             attn_b, ff_b = [], []
             for block in self.layers:
+                assert isinstance(block, PerceiverBlock)  # for the type checker: a ModuleList yields Modules
                 attn = block.attn(media, t)
                 t = t + attn
                 ff = block.ff(t)

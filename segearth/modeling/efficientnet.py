@@ -239,11 +239,16 @@ def map_key(key: str, block_to_stage: list[tuple[int, int]]) -> str | None:
     return None
 
 
+def _sequential(stage: nn.Module) -> nn.Sequential:
+    assert isinstance(stage, nn.Sequential)  # the stages are Sequentials of MBConv blocks
+    return stage
+
+
 def convert_state_dict(theirs: dict[str, torch.Tensor], encoder: EfficientNetLiteEncoder) -> dict[str, torch.Tensor]:
     """Rename a package state dict onto ``encoder``; raise one error listing every problem.
 
     Head/classifier weights are dropped (not reported) when the encoder was built without them."""
-    block_to_stage = [(s, j) for s, stage in enumerate(encoder.stages) for j in range(len(stage))]
+    block_to_stage = [(s, j) for s, stage in enumerate(encoder.stages) for j in range(len(_sequential(stage)))]
     ours = encoder.state_dict()
     converted: dict[str, torch.Tensor] = {}
     unexpected, mis_shaped = [], []

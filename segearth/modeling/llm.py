@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import PhiConfig as HFPhiConfig
 from transformers import PhiModel
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
 from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
 
 from ..config import PhiConfig
@@ -27,8 +27,9 @@ def hf_phi_config(cfg: PhiConfig) -> HFPhiConfig:
         num_hidden_layers=cfg.num_hidden_layers,
         num_attention_heads=cfg.num_attention_heads,
         num_key_value_heads=cfg.num_attention_heads,
-        partial_rotary_factor=cfg.partial_rotary_factor,
-        rope_theta=cfg.rope_theta,
+        rope_parameters={
+            "rope_type": "default", "rope_theta": cfg.rope_theta, "partial_rotary_factor": cfg.partial_rotary_factor
+        },
         layer_norm_eps=cfg.layer_norm_eps,
         hidden_act=cfg.hidden_act,
         max_position_embeddings=cfg.max_position_embeddings,
@@ -88,7 +89,12 @@ class PhiLanguageModel(nn.Module):
     @staticmethod
     def cache_prefix(cache: Cache, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The first ``length`` positions of every layer's keys and values (views of ``cache``)."""
-        return [(layer.keys[:, :, :length], layer.values[:, :, :length]) for layer in cache.layers]
+        prefix = []
+        for layer in cache.layers:
+            # Phi's cache holds a key/value layer per decoder layer, filled by the prefix pass.
+            assert isinstance(layer, CacheLayerMixin) and layer.keys is not None and layer.values is not None
+            prefix.append((layer.keys[:, :, :length], layer.values[:, :, :length]))
+        return prefix
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids [...] -> embeddings [..., D]."""

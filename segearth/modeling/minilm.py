@@ -124,6 +124,7 @@ class MiniLMLanguageModel(nn.Module):
             # dropping it keeps transformers from reporting its weights as unexpected.
             self.bert.pooler = None
             c = self.bert.config
+            assert c.pad_token_id is not None  # all-MiniLM-L6-v2 pads with token 0
             base = MiniLMConfig(
                 c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
                 c.max_position_embeddings, c.type_vocab_size, c.layer_norm_eps, c.hidden_act, c.pad_token_id,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,9 @@ from .mask_decoder import MaskDecoder
 from .pixel_decoder import PixelDecoder, PixelDecoderOutput
 from .prompt import SplicedBatch, splice_batch
 from .swin import SwinEncoder, WindowAttention, relative_position_index
+
+if TYPE_CHECKING:
+    from .minilm import MiniLMLanguageModel
 
 
 @dataclass
@@ -73,7 +77,7 @@ def build_vision_encoder(cfg: SwinConfig | EfficientNetConfig) -> nn.Module:
     return EfficientNetLiteEncoder(cfg.variant, pretrained=cfg.pretrained)
 
 
-def build_language_model(cfg: PhiConfig | MiniLMConfig) -> nn.Module:
+def build_language_model(cfg: PhiConfig | MiniLMConfig) -> PhiLanguageModel | MiniLMLanguageModel:
     """The LLM named by the config: Phi (released) or MiniLM (nano)."""
     if isinstance(cfg, PhiConfig):
         return PhiLanguageModel(cfg)

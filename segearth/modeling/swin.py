@@ -62,6 +62,8 @@ def window_reverse(windows: torch.Tensor, w: int, h: int, wd: int) -> torch.Tens
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative-position bias."""
 
+    relative_position_index: torch.Tensor  # a buffer
+
     def __init__(self, dim: int, window: int, heads: int, qkv_bias: bool) -> None:
         super().__init__()
         self.window = window

@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -122,7 +123,7 @@ class Engine:
             polygons = mask_to_polygons(mask, record.model_transform, record.info.crs, probabilities=probs,
                                         properties={"question": clip_text(q), "model": self.model_name})
             write_atomic(folder / FILE_NAMES["geojson"],
-                         lambda tmp, polygons=polygons: write_geojson(tmp, polygons, record.info.crs, overwrite=True))
+                         partial(write_geojson, polygons=polygons, crs=record.info.crs, overwrite=True))
             area = sum(p.properties.get("area_m2", 0.0) for p in polygons) if record.info.crs else None
             scores: dict[str, Any] = {
                 "target_fraction": float(mask.sum() / max(int(valid.sum()), 1)),

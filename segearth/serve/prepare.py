@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -32,7 +33,7 @@ class Prepared:
     notices: list[str]
     map_view: MapView | None  # where the page's map shows map.png (None: the CRS has no web-map place)
 
-    def fields(self) -> dict[str, object]:
+    def fields(self) -> dict[str, Any]:
         """The fields as keyword arguments (shallow, unlike ``dataclasses.asdict``)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 

@@ -62,6 +62,7 @@ class Guard:
         own = f"{scope.get('scheme', 'http')}://{host}".lower()
         foreign = origin is not None and origin.rstrip("/").lower() not in {own, *self.cors_origins}
         if scope["method"] in WRITES and foreign:
+            assert origin is not None  # a foreign request has an Origin header
             refusal = error_response(403, f"cross-origin request refused: {origin[:100]!r} is not this server's page; "
                                           "start the server with --cors-origin ORIGIN to allow that site")
             await refusal(scope, receive, send)

@@ -57,6 +57,7 @@ def _child(job: socket.socket, message: bytes) -> None:
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.nice(CHILD_NICE)
+        reply: tuple[str, Prepared | str]
         try:
             reply = ("ok", prepare_files(*pickle.loads(message)))
         except tuple(_CLIENT_ERRORS.values()) as exc:
@@ -156,7 +157,7 @@ _ZYGOTE = Zygote()  # one per server process, shared by every app in it
 def _receive_all(sock: socket.socket, timeout_s: float) -> bytes | None:
     """Everything until EOF, or None when ``timeout_s`` passes first."""
     deadline = time.monotonic() + timeout_s
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         left = deadline - time.monotonic()
         if left <= 0:

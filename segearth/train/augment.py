@@ -59,9 +59,9 @@ def apply_params(image: np.ndarray, mask: np.ndarray, p: AugmentParams, size: in
     else:
         top, left, side = p.crop
         image = np.asarray(Image.fromarray(image[top : top + side, left : left + side])
-                           .resize((size, size), Image.BILINEAR))
+                           .resize((size, size), Image.Resampling.BILINEAR))
         mask = np.asarray(Image.fromarray(mask[top : top + side, left : left + side])
-                          .resize((size, size), Image.NEAREST))
+                          .resize((size, size), Image.Resampling.NEAREST))
     image, mask = np.rot90(image, p.rot90), np.rot90(mask, p.rot90)
     if p.flip:
         image, mask = image[:, ::-1], mask[:, ::-1]
@@ -98,12 +98,13 @@ class AugmentedDataset(Dataset):
         key = str(sample.image_path)
         if key not in self._images:
             image = sample.load_image()
-            h, w = fit_long_side(*image.shape[:2], min(2 * self.size, max(image.shape[:2])))
-            self._images[key] = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+            height, width = image.shape[:2]
+            h, w = fit_long_side(height, width, min(2 * self.size, max(height, width)))
+            self._images[key] = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
         image = self._images[key]
         if index not in self._masks:
             mask = sample.load_mask()
-            small = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.NEAREST))
+            small = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.Resampling.NEAREST))
             self._masks[index] = (np.packbits(small), small.shape)
         packed, shape = self._masks[index]
         return image, np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape)
@@ -113,6 +114,7 @@ class AugmentedDataset(Dataset):
         sample = self.samples[index]
         image, mask = self._stored(index)
         rng = np.random.default_rng([self.seed, epoch, index])
-        params = draw_params(rng, *image.shape[:2], self.min_crop, self.p_full)
+        height, width = image.shape[:2]
+        params = draw_params(rng, height, width, self.min_crop, self.p_full)
         image, mask = apply_params(image, mask, params, self.size)
         return Example(index, sample.id, image, mask, sample.question, sample.answer, sample.kind)

@@ -105,6 +105,7 @@ class BatchOrder:
             where = self.locate(micro)
             if where.epoch != perm_epoch:
                 perm, perm_epoch = self.permutation(where.epoch), where.epoch
+            assert perm is not None  # drawn at the first step: epochs start at 0
             begin = (where.position * self.world + self.rank) * self.batch_size
             indices = perm[begin : begin + self.batch_size].tolist()
             yield [(i, where.epoch) for i in indices] if self.with_epoch else indices

@@ -41,9 +41,9 @@ class Visual:
 def _shrink(x: np.ndarray) -> np.ndarray:
     """A canvas (uint8 RGB, or a bool mask) reduced to the tile side."""
     if x.dtype == bool:
-        img = Image.fromarray(x.astype(np.uint8) * 255).resize((VIS_SIDE, VIS_SIDE), Image.NEAREST)
+        img = Image.fromarray(x.astype(np.uint8) * 255).resize((VIS_SIDE, VIS_SIDE), Image.Resampling.NEAREST)
         return np.asarray(img) > 127
-    return np.asarray(Image.fromarray(x).resize((VIS_SIDE, VIS_SIDE), Image.BILINEAR))
+    return np.asarray(Image.fromarray(x).resize((VIS_SIDE, VIS_SIDE), Image.Resampling.BILINEAR))
 
 
 @torch.no_grad()

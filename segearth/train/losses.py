@@ -97,7 +97,10 @@ def total_loss(
     terms: dict[str, torch.Tensor], cfg: LossConfig, llm: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     """Weighted sums: ``loss_mask``, ``loss_dice`` (over all layers), ``loss_llm`` and ``total``."""
-    mask = cfg.mask_weight * sum(v for k, v in terms.items() if k.startswith("loss_mask"))
-    dice_sum = cfg.dice_weight * sum(v for k, v in terms.items() if k.startswith("loss_dice"))
+    mask_terms = sum(v for k, v in terms.items() if k.startswith("loss_mask"))
+    dice_terms = sum(v for k, v in terms.items() if k.startswith("loss_dice"))
+    assert isinstance(mask_terms, torch.Tensor) and isinstance(dice_terms, torch.Tensor)  # never an empty sum
+    mask = cfg.mask_weight * mask_terms
+    dice_sum = cfg.dice_weight * dice_terms
     llm = llm if llm is not None else torch.zeros((), device=mask.device)
     return {"loss_mask": mask, "loss_dice": dice_sum, "loss_llm": llm, "total": cfg.lm_weight * llm + mask + dice_sum}

@@ -11,19 +11,25 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from ..checkpoint import load_model_and_tokenizer, save_pretrained
-from ..modeling.prompt import IGNORE_INDEX
+from ..modeling.llm import PhiLanguageModel
+from ..modeling.prompt import IGNORE_INDEX, Tokenizer
 from ..modeling.segearth_r1 import SegEarthR1
 from ..presets import get_preset, preset_names
 from .config import FreezeConfig, LoraConfig, ModelConfig
 from .losses import lm_loss, mask_loss_terms, total_loss
 
+if TYPE_CHECKING:
+    from peft.tuners.lora import LoraLayer
+    from transformers import PhiModel
 
-def build_model(cfg: ModelConfig, seed: int) -> tuple[SegEarthR1, object]:
+
+def build_model(cfg: ModelConfig, seed: int) -> tuple[SegEarthR1, Tokenizer]:
     """``(model in fp32, tokenizer)`` of a preset (random initialisation, seeded so every process
     agrees) or of a checkpoint folder."""
     torch.manual_seed(seed)
@@ -59,7 +65,9 @@ def apply_lora(model: SegEarthR1, cfg: LoraConfig) -> None:
     from peft import inject_adapter_in_model
 
     config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
-    model.llm.phi = inject_adapter_in_model(config, model.llm.phi)
+    assert isinstance(model.llm, PhiLanguageModel), "LoRA adapts the Phi decoder"
+    # peft returns the model it was given (adapters injected in place), typed as a plain Module.
+    model.llm.phi = cast("PhiModel", inject_adapter_in_model(config, model.llm.phi))
 
 
 def set_train_mode(model: SegEarthR1, freeze: FreezeConfig) -> None:
@@ -71,7 +79,7 @@ def set_train_mode(model: SegEarthR1, freeze: FreezeConfig) -> None:
                 module.eval()
 
 
-def _lora_layers(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:
+def _lora_layers(model: nn.Module) -> Iterator[tuple[nn.Module, str, LoraLayer]]:
     from peft.tuners.lora import LoraLayer
 
     for parent in list(model.modules()):
@@ -86,10 +94,15 @@ def merged_lora(model: SegEarthR1) -> Iterator[SegEarthR1]:
 
     Nothing is merged in place, so training continues on the exact same adapter weights.
     """
+    from peft.tuners.lora import Linear as LoraLinear
+
     swapped = []
     try:
         for parent, name, layer in _lora_layers(model):
+            # The adapters wrap Phi's linear layers, each swapped for a merged nn.Linear here.
+            assert isinstance(layer, LoraLinear)
             base = layer.get_base_layer()
+            assert isinstance(base, nn.Linear)
             merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
                                device=base.weight.device, dtype=base.weight.dtype)
             with torch.no_grad():

@@ -24,6 +24,8 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
+from ..modeling.llm import PhiLanguageModel
+from ..modeling.prompt import Tokenizer
 from ..modeling.segearth_r1 import SegEarthR1
 from .augment import AugmentedDataset
 from .checkpointing import (
@@ -75,12 +77,13 @@ def _schedule_length(cfg: TrainConfig, num_samples: int, world: int) -> tuple[in
     return per_epoch, total
 
 
-def _prepare_model(cfg: TrainConfig) -> tuple[TrainingModule, object]:
+def _prepare_model(cfg: TrainConfig) -> tuple[TrainingModule, Tokenizer]:
     model, tokenizer = build_model(cfg.model, cfg.optim.seed)
     if cfg.lora.enabled:
         apply_lora(model, cfg.lora)
     apply_freezing(model, cfg.freeze, cfg.lora)
     if cfg.optim.gradient_checkpointing:
+        assert isinstance(model.llm, PhiLanguageModel), "gradient checkpointing is applied to the Phi decoder"
         # Non-reentrant checkpointing works with frozen inputs and with DDP's gradient hooks.
         model.llm.phi.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return TrainingModule(model, cfg.optim.num_points), tokenizer
@@ -136,7 +139,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     world = accelerator.num_processes
     _, total_steps = _schedule_length(cfg, len(train_ds), world)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=o.lr,
-                                  betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+                                  betas=(o.betas[0], o.betas[1]), eps=o.eps, weight_decay=o.weight_decay)
     # HF's "cosine": linear warm-up over ceil(ratio * total) steps, then cosine decay to 0.
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(o.warmup_ratio * total_steps), total_steps)
     module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
