@@ -5,7 +5,10 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
-import tomllib
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (the package supports 3.10)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,7 +34,7 @@ from ..geo.tiles import upsample_blocks
 from ..geo.vector import mask_to_polygons, write_geojson
 from ..geo.write import OVERLAY_RGB, write_mask_geotiff
 from ..modeling.prompt import description_ids
-from ..predictor import Predictor
+from ..predictor import Predictor, sigmoid
 from .cache import FeatureCache
 from .errors import ServerFault
 from .limits import QuestionError, clip_text
@@ -119,7 +119,7 @@ class Engine:
             # Scores and polygons on the overview grid, the resolution the model answered at.
             valid = np.load(record.folder / "model_valid.npy")
             mask = valid & (low > 0)
-            probs = 1.0 / (1.0 + np.exp(-low))
+            probs = sigmoid(low)
             polygons = mask_to_polygons(mask, record.model_transform, record.info.crs, probabilities=probs,
                                         properties={"question": clip_text(q), "model": self.model_name})
             write_atomic(folder / FILE_NAMES["geojson"],
