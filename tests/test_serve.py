@@ -213,12 +213,12 @@ def test_delete_forgets_files_answers_and_features(client):
     assert client.get(f"/images/{image_id}").status_code == 404 and client.get("/images").json() == []
 
 
-def test_store_limit_gives_507(make_client):
+def test_store_limit_gives_409(make_client):
     client = make_client(max_images=1)
     _upload(client)
     with open(_raster("naip_rgbn_2019.tif"), "rb") as f:
         r = client.post("/images", files={"file": ("b.tif", f, "image/tiff")})
-    assert r.status_code == 507 and "delete some first" in r.json()["detail"]
+    assert r.status_code == 409 and "delete some first" in r.json()["detail"]
 
 
 def _block_model(client: TestClient) -> threading.Event:

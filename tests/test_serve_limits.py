@@ -113,16 +113,16 @@ def test_pixel_bombs_are_refused_from_their_header(client, tmp_path, kind):
     assert client.get("/images").json() == [] and _image_folders(client) == []
 
 
-def test_work_folder_disk_budget_gives_507(make_client):
+def test_work_folder_disk_budget_gives_409(make_client):
     size_mb = _raster("naip_rgbn_2019.tif").stat().st_size / 2**20
     client = make_client(max_disk_mb=size_mb * 1.5)
     image_id = _upload(client)["id"]
     with open(_raster("naip_rgbn_2019.tif"), "rb") as f:
         r = client.post("/images", files={"file": ("b.tif", f, "image/tiff")})
-    assert r.status_code == 507 and "work folder" in r.json()["detail"]
+    assert r.status_code == 409 and "work folder" in r.json()["detail"]
     with open(_raster("naip_rgbn_2019.tif"), "rb") as f:  # chunked: no Content-Length, stopped while streaming
         r = client.post("/images", content=iter([f.read()]), params={"filename": "c.tif"})
-    assert r.status_code == 507 and "work folder" in r.json()["detail"]
+    assert r.status_code == 409 and "work folder" in r.json()["detail"]
     assert [m["id"] for m in client.get("/images").json()] == [image_id]
     assert client.delete(f"/images/{image_id}").status_code == 204
     _upload(client)  # room again

@@ -7,7 +7,7 @@ limit, image over the pixel limit (read from its header) or request body over ``
 ``422`` bad raster / question / request (questions are limited in number, characters and tokens) or
 an upload whose decoding outlived ``prepare_timeout_s``, ``500`` a render or preparation that crashed
 (never a partial file), ``503`` + ``Retry-After`` when the model queue or the upload preparation
-queue is full, ``504`` when a request outlives the timeout, ``507`` when the server already holds
+queue is full, ``504`` when a request outlives the timeout, ``409`` when the server already holds
 ``max_images`` uploads or its work folder holds ``max_disk_mb``.
 """
 
@@ -31,7 +31,7 @@ from ..predictor import Predictor
 from .cache import FeatureCache
 from .engine import Engine, RenderCancelled
 from .errors import TEMP, ServerFault, error_response, path_scrubber
-from .limits import BodyLimit, QuestionError
+from .limits import BodyLimit, QuestionError, StoreFull
 from .queue import ModelQueue, QueueFull, QueueTimeout
 from .routes import image_routes
 from .schemas import ModelInfo
@@ -62,7 +62,7 @@ def install_error_handlers(app: FastAPI, folders: list[Path]) -> None:
         ((ServerFault,), 500, None),
         ((QueueFull, RenderCancelled), 503, None),
         ((QueueTimeout,), 504, None),
-        ((OverflowError,), 507, None),  # a full image store or work folder
+        ((StoreFull,), 409, None),  # a full image store or work folder: delete images to make room
     ]:
         for cls in classes:
             app.add_exception_handler(cls, handle(status, headers))

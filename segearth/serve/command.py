@@ -73,7 +73,7 @@ def serve(
     ] = 100,
     max_disk_mb: Annotated[
         float,
-        typer.Option(help="Disk budget in MB of the work folder (uploads, previews, rendered masks); 507 beyond."),
+        typer.Option(help="Disk budget in MB of the work folder (uploads, previews, rendered masks); 409 beyond."),
     ] = 20480.0,
     prepare_workers: Annotated[
         int,

@@ -20,8 +20,14 @@ class QuestionError(ValueError):
     """A question the model cannot take (empty, too long, too many): answered with 422."""
 
 
-class DiskFull(OverflowError):
-    """The work folder is at its disk budget: answered with 507, like a full image store."""
+class StoreFull(Exception):
+    """The server holds as much as it may (images, or disk in its work folder): answered with 409, since the
+    client can free room by deleting images. A class of our own: a builtin OverflowError from anywhere else
+    must never read as "delete some images"."""
+
+
+class DiskFull(StoreFull):
+    """The work folder is at its disk budget."""
 
 
 def clip_text(text: str, limit: int = STORED_QUESTION_CHARS) -> str:

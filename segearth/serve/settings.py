@@ -27,7 +27,7 @@ class ServeSettings:
     max_answers: int = 100  # kept per image; older answers are dropped (their files removed)
     max_megapixels: float = 1500.0  # width x height of an upload, read from its header before decoding
     max_disk_mb: float = 20480.0  # everything in the work folder: uploads, previews, rendered masks
-    max_images: int = 100  # uploads kept at once; the oldest is not dropped silently: 507 instead
+    max_images: int = 100  # uploads kept at once; the oldest is not dropped silently: 409 instead
     prepare_workers: int = 2  # uploads decoded at once, each in its own killable process
     prepare_waiting: int = 8  # uploads allowed to wait for a preparation slot; more get 503
     prepare_timeout_s: float = 120.0  # decoding an upload past this is killed: 422

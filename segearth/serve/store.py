@@ -36,7 +36,7 @@ from affine import Affine
 
 from ..geo.letterbox import Letterbox
 from ..geo.read import RasterInfo, Stretch
-from .limits import DiskFull
+from .limits import DiskFull, StoreFull
 from .mapview import MapView
 
 PREFIX = "segearth-serve-"
@@ -160,10 +160,10 @@ class ImageStore:
         self._lock = threading.Lock()
 
     def reserve(self) -> tuple[str, Path]:
-        """A fresh id and its empty folder; raises OverflowError when the store is full."""
+        """A fresh id and its empty folder; raises StoreFull when the store is full."""
         with self._lock:
             if len(self._records) + len(self._reserved) >= self.max_images:
-                raise OverflowError(f"the server already holds {self.max_images} images; delete some first")
+                raise StoreFull(f"the server already holds {self.max_images} images; delete some first")
             image_id = secrets.token_hex(8)
             self._reserved.add(image_id)
         folder = self.root / image_id

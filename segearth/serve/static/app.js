@@ -75,7 +75,7 @@ async function errorMessage(response) {
     500: "Server error",
     503: "The server is busy",
     504: "Timed out",
-    507: "Server storage full",
+    409: "Server storage full",
   };
   let message = (hints[response.status] || "Error " + response.status) + ": " + detail;
   const retry = response.headers.get("Retry-After");
