@@ -322,7 +322,7 @@ async function showAnswer(answer) {
   const s = answer.scores;
   const pairs = [
     ["question", answer.question],
-    ["target", (100 * s.target_fraction).toFixed(2) + " % of the image"],
+    ["target", (100 * s.target_fraction).toFixed(2) + " % of the valid pixels"],
     ["mean probability", s.mean_probability.toFixed(3)],
     ["regions", String(s.regions)],
   ];
