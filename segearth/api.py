@@ -132,14 +132,13 @@ class Result:
     def save(self, folder: str | Path, *, probabilities: bool = False, overwrite: bool = False,
              name: str | None = None) -> dict[str, Path]:
         """Write the mask COG, GeoJSON, GeoPackage and preview exactly as ``segearth predict`` does."""
-        from .geo.paths import output_stem, refuse_overwrite
-        from .predict import PredictOptions, output_paths, staged, write_answer
+        from .geo.paths import atomic_paths, output_stem
+        from .predict import PredictOptions, output_paths, write_answer
 
         opts = PredictOptions(out_dir=Path(folder), probabilities=probabilities, overwrite=overwrite)
         paths = output_paths(name or output_stem(self.source, self.question, mode="api", model=self.model), opts)
-        refuse_overwrite(paths.values(), overwrite)
         h, w = self.logits.shape
-        with staged(paths) as tmp:
+        with atomic_paths(paths, overwrite=overwrite) as tmp:
             write_answer(iter([(Window(0, 0, w, h), self.logits)]), self._info(), self.preview_image,
                          self.question, self.model, tmp, opts, self.cell_px)
         return paths
@@ -217,7 +216,6 @@ class SegEarth:
 
     def _predict_raster(self, source: str | Path, questions: list[str], opts: RunOptions,
                         max_result_pixels: int) -> list[Result]:
-        from .geo.read import read_overview
         from .pipeline import check_raster
         from .predict import PREVIEW_MAX_SIDE
 
@@ -229,7 +227,7 @@ class SegEarth:
                 "or raise max_result_pixels"
             )
         with run_raster(self.predictor, source, questions, opts) as run:
-            preview = read_overview(source, PREVIEW_MAX_SIDE, params=run.stretch).image
+            preview = run.preview(PREVIEW_MAX_SIDE)
             cell = opts.output_cell(run.info, self.predictor.image_size)
             results = []
             for answer in run.answers:

@@ -104,6 +104,17 @@ class RasterRun:
     notices: list[str] = field(default_factory=list)
     _stitchers: list[LogitStitcher] = field(default_factory=list)
 
+    def preview(self, max_side: int) -> np.ndarray:
+        """The scene as RGB uint8 with its long side at most ``max_side`` (the previews' image).
+
+        The scene-mode input is reused when it already is that image (the whole raster at full resolution,
+        small enough); otherwise the raster is read again at that size, with the same stretch.
+        """
+        full = self.overview.image.shape[:2] == (self.info.height, self.info.width)
+        if full and max(self.info.width, self.info.height) <= max_side:
+            return self.overview.image
+        return read_overview(self.source, max_side, params=self.stretch).image
+
     def close(self) -> None:
         """Delete the tiles-mode accumulators (call when every answer has been consumed)."""
         for stitcher in self._stitchers:

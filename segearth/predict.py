@@ -5,20 +5,14 @@
 same grid, CRS and transform as the input) and into a decimated grid (long side ≤ 4096) from which
 the polygons, the preview and the scores are made.
 
-Nothing that looks like a result is ever partial: a question's files are written into a hidden
-staging folder inside the output folder and moved into place together only when all of them are
-complete; a crash, a full disk or Ctrl-C leaves no output file behind, and a rerun works.
+Nothing that looks like a result is ever partial: a question's files are written together through
+:func:`segearth.geo.paths.atomic_paths` (a hidden staging folder, moved into place only when all are
+complete); a crash, a full disk or Ctrl-C leaves no output file behind, and a rerun works.
 """
 
 from __future__ import annotations
 
-import errno
 import math
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +20,11 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from .geo.paths import OutputWriteError, output_stem, refuse_overwrite
-from .geo.read import RasterInfo, read_overview
+from .geo.paths import atomic_paths, output_stem, refuse_overwrite
+from .geo.read import RasterInfo
 from .geo.vector import default_min_area, mask_to_polygons, write_geojson, write_gpkg
 from .geo.write import write_mask_geotiff, write_preview_png
-from .pipeline import Blocks, Mode, Progress, RunOptions, run_raster
+from .pipeline import Blocks, Progress, RunOptions, run_raster
 from .predictor import Predictor, Scores, sigmoid
 
 PREVIEW_MAX_SIDE = 2048
@@ -84,32 +78,6 @@ def output_paths(stem: str, opts: PredictOptions) -> dict[str, Path]:
     return paths
 
 
-@contextmanager
-def staged(paths: dict[str, Path]) -> Iterator[dict[str, Path]]:
-    """Temporary paths for ``paths`` in a hidden folder beside them, moved into place on success only."""
-    folders = {p.parent for p in paths.values()}
-    if len(folders) != 1:
-        raise ValueError("the outputs of one question must share a folder")
-    folder = folders.pop()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".segearth-partial-", dir=folder))
-    except OSError as exc:
-        raise OutputWriteError(folder, exc.strerror or str(exc), exc.errno) from None
-    try:
-        yield {key: stage / p.name for key, p in paths.items()}
-        for final in paths.values():
-            os.replace(stage / final.name, final)  # same filesystem: atomic per file
-    except OutputWriteError:
-        raise
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
-            raise OutputWriteError(folder, exc.strerror or str(exc), exc.errno) from None
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
 class _Decimator:
     """Keeps every ``factor``-th pixel of streamed full-resolution blocks (the polygon grid)."""
 
@@ -149,18 +117,16 @@ def write_answer(
     def mask_blocks() -> Blocks:
         for window, logits in blocks:
             grid.add(window, logits)
-            valid = np.isfinite(logits)
-            last_valid["block"] = valid  # the writer asks for the validity of the block it just received
+            last_valid["block"] = np.isfinite(logits)  # the writer asks for the validity of the block it received
             if opts.probabilities:
                 yield window, sigmoid(logits)  # NaN stays NaN: the nodata value of the probability COG
             else:
-                yield window, valid & (np.nan_to_num(logits, nan=-1.0) > 0)
+                yield window, np.nan_to_num(logits, nan=-1.0) > 0  # nodata is never target
 
     write_mask_geotiff(paths["mask"], mask_blocks(), info, probabilities=opts.probabilities, overwrite=True,
                        valid=lambda window: last_valid["block"], tags={"question": question, "model": model_name})
     logits = grid.values
-    found = np.isfinite(logits)
-    mask = found & (np.nan_to_num(logits, nan=-1.0) > 0)
+    mask = np.nan_to_num(logits, nan=-1.0) > 0
     transform = info.transform @ Affine.scale(factor)
     min_area = opts.min_area
     if min_area is None:
@@ -187,7 +153,7 @@ def predict_raster(
 ) -> RasterResult:
     """Ask every question about one raster and write its outputs (see the module docstring)."""
     questions = list(dict.fromkeys(questions))  # a repeated question is answered once
-    stems = stems or [output_stem(source, q, mode=Mode(opts.mode).value, model=model_name) for q in questions]
+    stems = stems or [output_stem(source, q, mode=opts.mode.value, model=model_name) for q in questions]
     planned = [output_paths(s, opts) for s in stems]
     done = [opts.skip_existing and all(p.exists() for p in paths.values()) for paths in planned]
     if not (opts.overwrite or opts.skip_existing):
@@ -203,10 +169,13 @@ def predict_raster(
         return RasterResult(source, open_raster(source, max_pixels=opts.max_pixels), skipped)
     with run_raster(predictor, source, [questions[i] for i in todo], opts, progress) as run:
         result = RasterResult(source, run.info, notices=run.notices)
-        preview = read_overview(source, PREVIEW_MAX_SIDE, params=run.stretch).image
+        preview = run.preview(PREVIEW_MAX_SIDE)
         cell = opts.output_cell(run.info, predictor.image_size)
+        # Files of an interrupted earlier run under these names (same input, question, mode and model) are
+        # replaced with skip_existing; otherwise nothing was there when the work started (checked above).
+        replace = opts.overwrite or opts.skip_existing
         for i, answer in zip(todo, run.answers, strict=True):
-            with staged(planned[i]) as tmp:
+            with atomic_paths(planned[i], overwrite=replace) as tmp:
                 result.results.append(
                     write_answer(answer.blocks(), run.info, preview, answer.question, model_name, tmp, opts, cell)
                 )

@@ -20,8 +20,10 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
@@ -218,6 +220,36 @@ def atomic_path(
                     leftover.unlink(missing_ok=True)
         else:
             _remove_partials(final.parent, prefix)
+
+
+@contextmanager
+def atomic_paths(paths: Mapping[str, Path], overwrite: bool = False) -> Iterator[dict[str, Path]]:
+    """:func:`atomic_path` for a set of outputs that belong together (one question's mask, polygons, preview).
+
+    The block writes them under their own names in a hidden staging folder beside them; they are moved
+    into place only when the block succeeds, each committed like :func:`atomic_path` (no replacement of
+    a name taken meanwhile unless ``overwrite``). Any failure removes the staging folder.
+    """
+    folders = {Path(p).parent for p in paths.values()}
+    if len(folders) != 1:
+        raise ValueError("outputs written together must share a folder")
+    folder = folders.pop()
+    refuse_overwrite(paths.values(), overwrite)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".segearth-partial-", dir=folder))
+    except OSError as exc:
+        raise OutputWriteError(folder, exc.strerror or str(exc), exc.errno) from None
+    try:
+        yield {key: stage / Path(p).name for key, p in paths.items()}
+        for final in paths.values():
+            _commit(stage / Path(final).name, Path(final), overwrite)
+    except (OutputWriteError, FileExistsError):
+        raise
+    except OSError as exc:
+        raise OutputWriteError(folder, exc.strerror or str(exc), exc.errno) from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _commit(tmp: Path, final: Path, overwrite: bool) -> None:
