@@ -19,17 +19,14 @@ import time
 TEXT_BEFORE, TEXT_BETWEEN, TEXT_AFTER, DESCRIPTION = 60, 20, 30, 20
 
 
-def run_one(dtype_name: str, repeats: int) -> dict:
+def random_released_model(dtype):
+    """The released architecture with N(0, 0.02) weights (norms at 1/0), built in ``dtype`` without a copy."""
     import torch
 
     from segearth import SegEarthR1, released_config
-    from segearth.modeling.prompt import IMAGE_TOKEN, REFER_TOKEN
 
-    dtype = getattr(torch, dtype_name)
-    cfg = released_config()
-    t0 = time.perf_counter()
     with torch.device("meta"):
-        model = SegEarthR1(cfg)
+        model = SegEarthR1(released_config()).to(dtype)
     model = model.to_empty(device="cpu")
     model.materialize_buffers()
     gen = torch.Generator().manual_seed(0)
@@ -39,13 +36,30 @@ def run_one(dtype_name: str, repeats: int) -> dict:
                 p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
             else:
                 p.normal_(0.0, 0.02, generator=gen)
-    model = model.to(dtype).eval()
-    build_s = time.perf_counter() - t0
+    return model.eval()
+
+
+def released_inputs(model):
+    """``(input_ids, refer_ids, images)`` of one question in the real template's shape, random image."""
+    import torch
+
+    from segearth.modeling.prompt import IMAGE_TOKEN, REFER_TOKEN
 
     ids = torch.tensor([list(range(100, 100 + TEXT_BEFORE)) + [IMAGE_TOKEN] + list(range(200, 200 + TEXT_BETWEEN))
                         + [REFER_TOKEN] + list(range(300, 300 + TEXT_AFTER))])
     refer = [torch.arange(400, 400 + DESCRIPTION)]
-    images = model.normalize(torch.rand(1, 3, cfg.image_size, cfg.image_size, generator=gen) * 255)
+    gen = torch.Generator().manual_seed(1)
+    size = model.cfg.image_size
+    return ids, refer, model.normalize(torch.rand(1, 3, size, size, generator=gen) * 255)
+
+
+def run_one(dtype_name: str, repeats: int) -> dict:
+    import torch
+
+    t0 = time.perf_counter()
+    model = random_released_model(getattr(torch, dtype_name))
+    build_s = time.perf_counter() - t0
+    ids, refer, images = released_inputs(model)
     times = []
     with torch.no_grad():
         for _ in range(repeats):

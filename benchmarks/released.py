@@ -18,29 +18,9 @@ import subprocess
 import sys
 import time
 
+from forward import random_released_model, released_inputs  # the same model and inputs as forward.py
+
 STAGES = ("vision_encoder", "connector", "pixel_decoder", "llm", "d_projector", "mask_decoder")
-# Prompt shape of the real template: ~110 text ids around <image> and <refer>, ~20 description ids.
-TEXT_BEFORE, TEXT_BETWEEN, TEXT_AFTER, DESCRIPTION = 60, 20, 30, 20
-
-
-def random_released_model(dtype):
-    """The released architecture with N(0, 0.02) weights (norms at 1/0), built without a copy."""
-    import torch
-
-    from segearth import SegEarthR1, released_config
-
-    with torch.device("meta"):
-        model = SegEarthR1(released_config()).to(dtype)
-    model = model.to_empty(device="cpu")
-    model.materialize_buffers()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
-    return model.eval()
 
 
 class StageTimer:
@@ -72,17 +52,11 @@ class StageTimer:
 def run_one(dtype_name: str, repeats: int) -> dict:
     import torch
 
-    from segearth.modeling.prompt import IMAGE_TOKEN, REFER_TOKEN
-
     t0 = time.perf_counter()
     model = random_released_model(getattr(torch, dtype_name))
     build_s = time.perf_counter() - t0
     timer = StageTimer(model)
-    ids = torch.tensor([list(range(100, 100 + TEXT_BEFORE)) + [IMAGE_TOKEN] + list(range(200, 200 + TEXT_BETWEEN))
-                        + [REFER_TOKEN] + list(range(300, 300 + TEXT_AFTER))])
-    refer = [torch.arange(400, 400 + DESCRIPTION)]
-    gen = torch.Generator().manual_seed(1)
-    images = model.normalize(torch.rand(1, 3, model.cfg.image_size, model.cfg.image_size, generator=gen) * 255)
+    ids, refer, images = released_inputs(model)
     runs = []
     with torch.no_grad():
         for _ in range(repeats):

@@ -53,6 +53,19 @@ def parity_dir() -> Path:
     return PARITY_SMALL
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight checkpoint folder (small config, byte-level tokenizer), as `--model` takes it."""
+    from segearth import SegEarthR1, small_config
+    from segearth.checkpoint import save_pretrained
+    from segearth.tokenizer import byte_level_tokenizer
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ckpt")
+    save_pretrained(SegEarthR1(small_config()).eval(), folder, tokenizer=byte_level_tokenizer())
+    return folder
+
+
 @pytest.fixture
 def small_model():
     from segearth import SegEarthR1, small_config

@@ -12,7 +12,6 @@ from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
 from segearth import SegEarthR1, small_config
-from segearth.checkpoint import save_pretrained
 from segearth.cli import app
 from segearth.predict import PredictOptions, predict_raster
 from segearth.predictor import Predictor
@@ -27,14 +26,6 @@ GEOTIFF = SHARED / "data" / "geotiff"
 def predictor():
     torch.manual_seed(0)
     return Predictor(SegEarthR1(small_config()).eval(), byte_level_tokenizer())
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ckpt")
-    save_pretrained(SegEarthR1(small_config()).eval(), folder, tokenizer=byte_level_tokenizer())
-    return folder
 
 
 def _raster(name):
@@ -185,24 +176,24 @@ def test_cli_same_question_twice_is_answered_once(checkpoint, tmp_path):
     assert len(list(tmp_path.glob("*_mask.tif"))) == 1
 
 
+def _run_manifest_with_output(checkpoint, tmp_path, output):
+    """`segearth predict jobs.csv` with one row whose output name is ``output``; returns (result, --out)."""
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text(f"image,question,output\n{_raster('spacenet_rgb_uint8.tif')},the roads,{output}\n")
+    out = tmp_path / "out"
+    return CliRunner().invoke(app, ["predict", str(manifest), "-m", str(checkpoint), "--out", str(out)]), out
+
+
 @pytest.mark.parametrize("output", ["../escaped", "/tmp/segearth-escaped", "a/../../escaped"])
 def test_cli_manifest_outputs_stay_inside_out(checkpoint, tmp_path, output):
-    good = _raster("spacenet_rgb_uint8.tif")
-    manifest = tmp_path / "jobs.csv"
-    manifest.write_text(f"image,question,output\n{good},the roads,{output}\n")
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["predict", str(manifest), "-m", str(checkpoint), "--out", str(out)])
+    result, _ = _run_manifest_with_output(checkpoint, tmp_path, output)
     assert result.exit_code == 2, result.output
     assert "line 2" in result.output and "Traceback" not in result.output
     assert not list(tmp_path.rglob("*escaped*"))
 
 
 def test_cli_manifest_output_in_a_new_subfolder(checkpoint, tmp_path):
-    good = _raster("spacenet_rgb_uint8.tif")
-    manifest = tmp_path / "jobs.csv"
-    manifest.write_text(f"image,question,output\n{good},the roads,nosuchdir/roads\n")
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["predict", str(manifest), "-m", str(checkpoint), "--out", str(out)])
+    result, out = _run_manifest_with_output(checkpoint, tmp_path, "nosuchdir/roads")
     assert result.exit_code == 0, result.output
     assert (out / "nosuchdir" / "roads_mask.tif").is_file()
 

@@ -18,13 +18,10 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from segearth import SegEarthR1, small_config
 from segearth.batch import BatchReport, Job
-from segearth.checkpoint import save_pretrained
 from segearth.cli import app
 from segearth.predict import PredictOptions, RasterResult, output_paths
 from segearth.scale import DONE_LOG, QUEUE_PER_WORKER, DoneLog, _drain
-from segearth.tokenizer import byte_level_tokenizer
 
 from conftest import SHARED, require_shared
 
@@ -35,18 +32,10 @@ QUESTIONS = ["the water", "the roads"]
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray for the module; `--ray local` uses a Ray already started in the process."""
-    ray = pytest.importorskip("ray")
+    import ray  # in the test extra
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("ckpt")
-    save_pretrained(SegEarthR1(small_config()).eval(), folder, tokenizer=byte_level_tokenizer())
-    return folder
 
 
 @pytest.fixture
