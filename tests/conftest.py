@@ -2,11 +2,12 @@
 
 Tests that read the official fixtures or the real data of ../shared go through :func:`require_shared`
 (or the ``needs_shared`` marker): locally a missing ../shared skips them; with ``--require-shared``
-(what CI passes) it fails them, so a CI without the data can never report green.
+or in CI (``CI=true``) it fails them, so a CI without the data can never report green.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    _require["shared"] = bool(config.getoption("--require-shared"))
+    # CI sets CI=true, so the README's own test command is strict there without a CI-only flag.
+    _require["shared"] = bool(config.getoption("--require-shared")) or os.environ.get("CI") == "true"
     config.addinivalue_line("markers", "needs_shared(*paths): the test reads these paths of ../shared")
     if _require["shared"] and not SHARED.is_dir():
         pytest.exit(f"--require-shared: {SHARED} (official fixtures and real data) is missing", returncode=1)
