@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rasterio.windows import Window
@@ -41,7 +42,9 @@ from .geo.read import (
 )
 from .geo.tiles import LogitStitcher, plan_tiles, upsample_blocks
 from .options import Mode, choice
-from .predictor import Predictor
+
+if TYPE_CHECKING:  # the server's upload workers read scenes here without loading torch
+    from .predictor import Predictor
 
 Blocks = Iterator[tuple[Window, np.ndarray]]
 NATIVE_SCENE_PIXELS = 4096 * 4096  # scene mode reads rasters up to this size at full resolution
@@ -143,6 +146,16 @@ def work_units(info: RasterInfo, n_questions: int, opts: RunOptions, model_size:
     return len(plan_tiles(info.width, info.height, tile, overlap)) * n_questions
 
 
+def read_scene(source: str | Path, info: RasterInfo, stretch: Stretch, model_size: int) -> SceneImage:
+    """The scene-mode model input (the server's too, so both give the same logits).
+
+    Up to NATIVE_SCENE_PIXELS the scene is read whole and resized by the letterbox, exactly as the
+    official preprocessing (and `segearth eval`) does; larger rasters are decimated by GDAL while reading.
+    """
+    native = info.width * info.height <= NATIVE_SCENE_PIXELS
+    return read_overview(source, max(info.width, info.height) if native else model_size, params=stretch)
+
+
 def run_raster(
     predictor: Predictor,
     source: str | Path,
@@ -162,10 +175,7 @@ def run_raster(
     size = predictor.image_size
     tick = progress or (lambda n: None)
     stretch = compute_stretch(source, opts.bands, percentiles=opts.percentiles)
-    # Up to NATIVE_SCENE_PIXELS the scene is read whole and resized by the letterbox, exactly as the
-    # official preprocessing (and `segearth eval`) does; larger rasters are decimated by GDAL while reading.
-    native = info.width * info.height <= NATIVE_SCENE_PIXELS
-    overview = read_overview(source, max(info.width, info.height) if native else size, params=stretch)
+    overview = read_scene(source, info, stretch, size)
     if not overview.valid.any():
         raise RasterInputError(f"{info.name}: every pixel is nodata")
     run = RasterRun(source, info, stretch, overview, notices=list(overview.notices))

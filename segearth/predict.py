@@ -13,6 +13,7 @@ complete); a crash, a full disk or Ctrl-C leaves no output file behind, and a re
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from rasterio.windows import Window
 
 from .geo.paths import atomic_paths, output_stem, refuse_overwrite
 from .geo.read import RasterInfo
-from .geo.vector import default_min_area, mask_to_polygons, write_geojson, write_gpkg
+from .geo.vector import MaskPolygon, default_min_area, mask_to_polygons, write_geojson, write_gpkg
 from .geo.write import write_mask_geotiff, write_preview_png
 from .pipeline import Blocks, Progress, RunOptions, run_raster
 from .predictor import Predictor, Scores, sigmoid
@@ -94,6 +95,49 @@ class _Decimator:
         self.values[gr : gr + sub.shape[0], gc : gc + sub.shape[1]] = sub
 
 
+def vector_grid(info: RasterInfo) -> _Decimator:
+    """The grid the polygons, the preview and the scores are made from (long side <= VECTOR_MAX_SIDE)."""
+    return _Decimator(info.width, info.height, max(1, math.ceil(max(info.width, info.height) / VECTOR_MAX_SIDE)))
+
+
+def write_mask(path: Path, blocks: Blocks, info: RasterInfo, probabilities: bool, tags: dict[str, str],
+               tap: Callable[[Window, np.ndarray], None] | None = None) -> None:
+    """Stream logit blocks (NaN = nodata) into the mask GeoTIFF: 0/255, or float32 probabilities (NaN nodata).
+
+    ``tap`` sees every block on its way (the polygon grid is filled in the same pass).
+    """
+    last_valid: dict[str, np.ndarray] = {}
+
+    def mask_blocks() -> Blocks:
+        for window, logits in blocks:
+            if tap is not None:
+                tap(window, logits)
+            last_valid["block"] = np.isfinite(logits)  # the writer asks for the validity of the block it received
+            if probabilities:
+                yield window, sigmoid(logits)  # NaN stays NaN: the nodata value of the probability COG
+            else:
+                yield window, np.nan_to_num(logits, nan=-1.0) > 0  # nodata is never target
+
+    write_mask_geotiff(path, mask_blocks(), info, probabilities=probabilities, overwrite=True,
+                       valid=lambda window: last_valid["block"], tags=tags)
+
+
+def trace(grid: _Decimator, info: RasterInfo, properties: dict[str, str], opts: PredictOptions,
+          cell_px: float) -> tuple[np.ndarray, list[MaskPolygon]]:
+    """The mask on the polygon grid and its polygons (``properties`` copied into each)."""
+    logits = grid.values
+    mask = np.nan_to_num(logits, nan=-1.0) > 0
+    transform = info.transform @ Affine.scale(grid.factor)
+    min_area = opts.min_area
+    if min_area is None:
+        min_area = default_min_area(info.transform, info.crs, cell_px / 2, (info.height, info.width))
+    polygons = mask_to_polygons(
+        mask, transform, info.crs, probabilities=sigmoid(np.nan_to_num(logits, nan=0.0)),
+        simplify_tolerance=opts.simplify, min_area=min_area, properties=properties,
+    )
+    return mask, polygons
+
+
 def write_answer(
     blocks: Blocks,
     info: RasterInfo,
@@ -109,37 +153,15 @@ def write_answer(
     ``cell_px`` is the model's output cell in raster pixels (the default minimum polygon area is a
     quarter of it: smaller regions are interpolation fringes, not answers).
     """
-    factor = max(1, math.ceil(max(info.width, info.height) / VECTOR_MAX_SIDE))
-    grid = _Decimator(info.width, info.height, factor)
-
-    last_valid: dict[str, np.ndarray] = {}
-
-    def mask_blocks() -> Blocks:
-        for window, logits in blocks:
-            grid.add(window, logits)
-            last_valid["block"] = np.isfinite(logits)  # the writer asks for the validity of the block it received
-            if opts.probabilities:
-                yield window, sigmoid(logits)  # NaN stays NaN: the nodata value of the probability COG
-            else:
-                yield window, np.nan_to_num(logits, nan=-1.0) > 0  # nodata is never target
-
-    write_mask_geotiff(paths["mask"], mask_blocks(), info, probabilities=opts.probabilities, overwrite=True,
-                       valid=lambda window: last_valid["block"], tags={"question": question, "model": model_name})
-    logits = grid.values
-    mask = np.nan_to_num(logits, nan=-1.0) > 0
-    transform = info.transform @ Affine.scale(factor)
-    min_area = opts.min_area
-    if min_area is None:
-        min_area = default_min_area(info.transform, info.crs, cell_px / 2, (info.height, info.width))
-    polygons = mask_to_polygons(
-        mask, transform, info.crs, probabilities=sigmoid(np.nan_to_num(logits, nan=0.0)),
-        simplify_tolerance=opts.simplify, min_area=min_area, properties={"question": question, "model": model_name},
-    )
+    grid = vector_grid(info)
+    tags = {"question": question, "model": model_name}
+    write_mask(paths["mask"], blocks, info, opts.probabilities, tags, tap=grid.add)
+    mask, polygons = trace(grid, info, tags, opts, cell_px)
     write_geojson(paths["geojson"], polygons, info.crs, overwrite=True)
     if "gpkg" in paths:
         write_gpkg(paths["gpkg"], polygons, info.crs, overwrite=True, question=question)
     write_preview_png(paths["preview"], preview_image, mask, question, overwrite=True)
-    return QuestionResult(question, dict(paths), len(polygons), Scores.from_logits(logits))
+    return QuestionResult(question, dict(paths), len(polygons), Scores.from_logits(grid.values))
 
 
 def predict_raster(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-import segearth.serve.engine as engine_module
+import segearth.predict as predict_module
 from segearth.serve import ServeSettings, create_app
 from segearth.serve.errors import path_scrubber
 
@@ -32,7 +32,7 @@ def test_failed_render_is_never_served_and_is_remembered(client, monkeypatch):
         Path(path).write_bytes(b"II*\x00 half a GeoTIFF")
         raise OSError(f"No space left on device: '{path}'")
 
-    monkeypatch.setattr(engine_module, "write_mask_geotiff", broken)
+    monkeypatch.setattr(predict_module, "write_mask_geotiff", broken)
     for _ in range(2):
         r = client.get(answer["downloads"]["geotiff"])
         assert r.status_code == 500
@@ -88,7 +88,7 @@ def test_no_server_path_in_any_error_body(predictor, tmp_path, monkeypatch):
         def broken(path, *args, **kwargs):
             raise OSError(f"cannot write {path}")
 
-        monkeypatch.setattr(engine_module, "write_mask_geotiff", broken)
+        monkeypatch.setattr(predict_module, "write_mask_geotiff", broken)
         responses.append(client.get(answer["downloads"]["geotiff"]))
 
         def crash(question):

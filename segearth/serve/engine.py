@@ -1,16 +1,10 @@
-"""Answering questions about stored images: the model job, the scores, and the three mask formats.
+"""Answering questions about stored images: the model job, the scores, and the answer's files.
 
 Only the forward pass runs on the model thread (see :mod:`.queue`); turning logits into files runs on
-the request's own worker thread so the next question can use the model meanwhile. What is kept per
-answer is the small logit map on the model's overview grid (at most model size squared), from which
-every format is rendered on demand:
-
-* ``geotiff``: full-resolution uint8 0/255 mask aligned with the upload (same CRS and transform),
-  nodata flagged in the internal mask band — written block by block, as ``segearth predict`` does;
-* ``geojson``: polygons in WGS84 (pixel coordinates without a CRS), traced on the model's overview
-  grid (long side = model input size): the logits carry no finer detail, and tracing a finer grid
-  cost most of a request's time;
-* ``png``: an RGBA overlay on the preview grid (alpha 255 = target) that lines up with ``display.png``.
+the request's own worker thread so the next question can use the model meanwhile. The model sees the
+input ``segearth predict`` gives it in scene mode, and every file is made by the CLI's own code (see
+:mod:`.render`), so the server's answer is the CLI's for the same raster, question and model. Asking
+writes the GeoJSON (and the scores); the other formats are rendered on first download.
 """
 
 from __future__ import annotations
@@ -23,27 +17,20 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
 
 import numpy as np
-import torch
-from PIL import Image
 
-from ..geo.read import read_valid_mask
-from ..geo.tiles import upsample_blocks
-from ..geo.vector import mask_to_polygons, write_geojson
-from ..geo.write import OVERLAY_RGB, write_mask_geotiff
 from ..modeling.prompt import description_ids
-from ..predictor import Predictor, sigmoid
+from ..predictor import Predictor
 from .cache import FeatureCache
 from .errors import ServerFault
-from .limits import QuestionError, clip_text
+from .limits import QuestionError
 from .queue import ModelQueue
+from .render import FILES, Format, full_blocks, traced, write_image, write_raster, write_vectors
 from .store import Answer, ImageRecord, UnknownImage
 
-Format = Literal["geotiff", "geojson", "png"]
 log = logging.getLogger("segearth.serve")
-FILE_NAMES: dict[str, str] = {"geotiff": "mask.tif", "geojson": "mask.geojson", "png": "mask.png"}
 T = TypeVar("T")
 
 
@@ -88,11 +75,11 @@ class Engine:
         low = []
         for i, q in enumerate(questions):
             try:
-                logits = predictor.predict(q).logits.cpu().numpy()
+                logits = predictor.predict(q).low_res_logits.cpu().numpy()  # on the canvas: unletterboxed later
             except ValueError as exc:  # the Predictor's own checks, the same messages as the CLI
                 prefix = f"question {i + 1}: " if len(questions) > 1 else ""
                 raise QuestionError(prefix + str(exc)) from None
-            low.append(record.box.unletterbox(logits))
+            low.append(logits)
         return low, cached, time.perf_counter() - start
 
     def count_tokens(self, question: str) -> int:
@@ -100,7 +87,7 @@ class Engine:
         return len(description_ids(question, self.template.tokenizer))
 
     async def ask(self, record: ImageRecord, questions: list[str]) -> tuple[list[np.ndarray], bool, float]:
-        """Logits on the overview grid for each question (already checked), computed on the model thread."""
+        """Canvas logits for each question (already checked), computed on the model thread."""
         return await self.queue.run(lambda: self._forward(record, questions))
 
     def store_answers(self, record: ImageRecord, questions: list[str], logits: list[np.ndarray],
@@ -116,34 +103,18 @@ class Engine:
             folder = record.folder / "answers" / str(number)
             folder.mkdir(parents=True, exist_ok=True)
             np.save(folder / "logits.npy", low.astype(np.float32))
-            # Scores and polygons on the overview grid, the resolution the model answered at.
-            valid = np.load(record.folder / "model_valid.npy")
-            mask = valid & (low > 0)
-            probs = sigmoid(low)
-            polygons = mask_to_polygons(mask, record.model_transform, record.info.crs, probabilities=probs,
-                                        properties={"question": clip_text(q), "model": self.model_name})
-            write_atomic(folder / FILE_NAMES["geojson"],
-                         partial(write_geojson, polygons=polygons, crs=record.info.crs, overwrite=True))
+            answer = Answer(number, q, {}, folder)
+            # Polygons and scores as `segearth predict` makes them: on its polygon grid, from full-resolution blocks.
+            mask, polygons, found = traced(record, answer, self.model_name, self.image_size,
+                                           self._until_closing(full_blocks(record, answer)))
+            write_atomic(folder / FILES["geojson"].name,
+                         partial(self._write_geojson, record=record, answer=answer, polygons=polygons, mask=mask))
             area = sum(p.properties.get("area_m2", 0.0) for p in polygons) if record.info.crs else None
-            scores: dict[str, Any] = {
-                "target_fraction": float(mask.sum() / max(int(valid.sum()), 1)),
-                "mean_probability": float(probs[mask].mean()) if mask.any() else 0.0,
-                "max_probability": float(probs[valid].max()) if valid.any() else 0.0,
-                "regions": len(polygons),
-                "area_m2": area,
-            }
-            answer = Answer(number, q, scores, folder)
+            answer.scores = {**found.as_dict(), "regions": len(polygons), "area_m2": area}
             record.add_answer(answer, self.max_answers)
             self.render(record, answer, fmt)
             answers.append(answer)
         return answers
-
-    def _display_mask(self, record: ImageRecord, low: np.ndarray) -> np.ndarray:
-        """The mask on the preview grid: logits upsampled bilinearly, thresholded at 0, nodata out."""
-        h, w = record.display_shape
-        up = torch.nn.functional.interpolate(torch.from_numpy(low)[None, None], size=(h, w), mode="bilinear",
-                                             align_corners=False)[0, 0].numpy()
-        return np.load(record.folder / "valid.npy") & (up > 0)
 
     def _until_closing(self, blocks: Iterator[T]) -> Iterator[T]:
         """``blocks``, interrupted when the server shuts down (a full-resolution render can take minutes)."""
@@ -159,7 +130,7 @@ class Engine:
         the same folder, then renamed), so a render that fails or is interrupted is never served. A
         failed render is remembered: later requests get the same error instead of a retry.
         """
-        target = answer.folder / FILE_NAMES[fmt]
+        target = answer.folder / FILES[fmt].name
         with answer.lock:  # two downloads of the same new file must not write it at once
             if target.exists():
                 return target
@@ -169,6 +140,9 @@ class Engine:
                 raise UnknownImage(f"answer {answer.number} of image {record.id} was deleted")
             if fmt == "geojson":  # written with the scores; only missing if that write failed
                 raise UnknownImage(f"answer {answer.number} of image {record.id} has no GeoJSON")
+            if fmt == "overlay" and record.map_view is None:
+                raise UnknownImage(f"image {record.id} cannot be shown on a web map (its CRS has no Web Mercator "
+                                   "place)")
             try:
                 write_atomic(target, lambda tmp: self._write(record, answer, fmt, tmp))
             except RenderCancelled:
@@ -179,22 +153,19 @@ class Engine:
                 raise RenderFailed(answer.failed[fmt]) from None
         return target
 
+    @staticmethod
+    def _write_geojson(path: Path, record: ImageRecord, answer: Answer, polygons: list, mask: np.ndarray) -> None:
+        write_vectors(path, "geojson", record, answer, polygons, mask)
+
     def _write(self, record: ImageRecord, answer: Answer, fmt: Format, path: Path) -> None:
-        low = np.load(answer.folder / "logits.npy")
-        if fmt == "png":
-            mask = self._display_mask(record, low)
-            rgba = np.zeros((*mask.shape, 4), np.uint8)
-            rgba[mask] = (*OVERLAY_RGB, 255)
-            Image.fromarray(rgba, "RGBA").save(path, format="PNG")
-        else:
-            info = record.info
-            blocks = ((win, block > 0) for win, block in self._until_closing(
-                upsample_blocks(low, info.width, info.height)))
-            write_mask_geotiff(
-                path, blocks, info, overwrite=True,
-                valid=lambda win: read_valid_mask(record.path, win, record.bands),
-                tags={"question": clip_text(answer.question), "model": self.model_name},
-            )
+        if fmt in ("png", "overlay"):
+            write_image(path, fmt, record, answer)
+        elif fmt in ("geotiff", "probabilities"):
+            write_raster(path, fmt, record, answer, self.model_name, self._until_closing(full_blocks(record, answer)))
+        else:  # gpkg, preview: traced again (the GeoJSON's polygons, from the same logits)
+            mask, polygons, _ = traced(record, answer, self.model_name, self.image_size,
+                                       self._until_closing(full_blocks(record, answer)))
+            write_vectors(path, fmt, record, answer, polygons, mask)
 
 
 def write_atomic(target: Path, write: Callable[[Path], object]) -> None:

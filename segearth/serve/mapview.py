@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from affine import Affine
 from PIL import Image
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
@@ -40,6 +41,9 @@ class MapView:
     mode: Literal["geographic", "pixel"]
     bounds: tuple[tuple[float, float], tuple[float, float]]
     flip_y: bool = False  # pixel mode: latitude = -y (rows grow downwards)
+    # geographic mode: (preview grid transform, map grid transform, map width, map height), so an answer's
+    # overlay is warped onto exactly the grid of map.png
+    warp: tuple[Affine, Affine, int, int] | None = None
 
 
 def _rgba(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -67,16 +71,30 @@ def _geographic_view(folder: Path, display: SceneImage, max_side: int) -> MapVie
         resolution = dst.a * max(dst_w, dst_h) / max_side
         dst, dst_w, dst_h = calculate_default_transform(crs, WEB_MERCATOR, w, h, left, bottom, right, top,
                                                         resolution=resolution)
-    warped = np.zeros((4, dst_h, dst_w), np.uint8)  # alpha 0 outside the raster's footprint
-    reproject(np.moveaxis(_rgba(display.image, display.valid), -1, 0), warped, src_transform=display.transform,
-              src_crs=crs, dst_transform=dst, dst_crs=WEB_MERCATOR, resampling=Resampling.nearest)
+    warped = _warp(_rgba(display.image, display.valid), display.transform, crs, dst, dst_w, dst_h)
     x0, y0 = dst.c, dst.f
     x1, y1 = x0 + dst_w * dst.a, y0 + dst_h * dst.e
     (west, east), (north, south) = transform(WEB_MERCATOR, WGS84, [x0, x1], [y0, y1])
     if not np.isfinite([west, east, north, south]).all():
         raise ValueError("the raster lies beyond the latitudes a Web Mercator map shows")
-    Image.fromarray(np.moveaxis(warped, 0, -1), "RGBA").save(folder / MAP_FILE, format="PNG", compress_level=1)
-    return MapView("geographic", ((south, west), (north, east)))
+    Image.fromarray(warped, "RGBA").save(folder / MAP_FILE, format="PNG", compress_level=1)
+    return MapView("geographic", ((south, west), (north, east)), warp=(display.transform, dst, dst_w, dst_h))
+
+
+def _warp(rgba: np.ndarray, src: Affine, crs: CRS, dst: Affine, dst_w: int, dst_h: int) -> np.ndarray:
+    """``(h, w, 4)`` RGBA on the ``src`` grid, nearest-neighbour onto the Web Mercator ``dst`` grid."""
+    warped = np.zeros((4, dst_h, dst_w), np.uint8)  # alpha 0 outside the raster's footprint
+    reproject(np.moveaxis(rgba, -1, 0), warped, src_transform=src, src_crs=crs, dst_transform=dst,
+              dst_crs=WEB_MERCATOR, resampling=Resampling.nearest)
+    return np.moveaxis(warped, 0, -1)
+
+
+def write_map_overlay(path: Path, rgba: np.ndarray, view: MapView, crs: CRS | None) -> None:
+    """An RGBA image on the preview grid (an answer's mask) onto the grid of ``map.png``: same bounds, same place."""
+    if view.warp is not None and crs is not None:
+        src, dst, dst_w, dst_h = view.warp
+        rgba = _warp(rgba, src, crs, dst, dst_w, dst_h)
+    Image.fromarray(rgba, "RGBA").save(path, format="PNG")
 
 
 def _pixel_view(folder: Path, display: SceneImage) -> MapView:

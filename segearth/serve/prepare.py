@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from affine import Affine
 from PIL import Image
 
 from ..geo.letterbox import Letterbox, letterbox
 from ..geo.read import RasterInfo, RasterInputError, Stretch, compute_stretch, read_overview
+from ..pipeline import read_scene
 from .mapview import MapView, write_map_image
 from .upload import check_pixel_count
 
@@ -28,7 +28,6 @@ class Prepared:
     info: RasterInfo
     stretch: Stretch
     box: Letterbox  # where the model overview sits on the model canvas
-    model_transform: Affine  # georeferencing of the model overview grid (logits, polygons, scores)
     display_shape: tuple[int, int]  # (h, w) of display.png, the grid of the PNG masks
     notices: list[str]
     map_view: MapView | None  # where the page's map shows map.png (None: the CRS has no web-map place)
@@ -46,25 +45,29 @@ def client_message(exc: Exception, path: Path, filename: str) -> str:
 
 def prepare_files(folder: Path, path: Path, filename: str, bands: tuple[int, ...] | None, model_size: int,
                   display_max: int, max_pixels: int) -> Prepared:
-    """Check the header, then write display.png, map.png, valid.npy, model_valid.npy and canvas.npy."""
+    """Check the header, then write display.png, map.png, valid.npy and canvas.npy.
+
+    The model's input is the one ``segearth predict`` builds in scene mode (:func:`~segearth.pipeline.read_scene`,
+    letterboxed), so the server's logits are the CLI's.
+    """
     check_pixel_count(path, max_pixels)
     try:
         stretch = compute_stretch(path, bands)
         display = read_overview(path, display_max, params=stretch)
-        model_view = display if display_max == model_size else read_overview(path, model_size, params=stretch)
+        scene = read_scene(path, display.info, stretch, model_size)
     except (RasterInputError, ValueError) as exc:
         raise RasterInputError(client_message(exc, path, filename)) from None
     if not display.valid.any():
         raise RasterInputError(f"{filename}: every pixel is nodata")
     info = display.info
-    canvas, box = letterbox(model_view.image, model_size)
+    canvas, box = letterbox(scene.image, model_size)
+    del scene
     np.save(folder / "canvas.npy", canvas)
     np.save(folder / "valid.npy", display.valid)
-    np.save(folder / "model_valid.npy", model_view.valid)
     Image.fromarray(display.image).save(folder / "display.png", format="PNG", compress_level=1)
     notices = [client_message(Exception(n), path, filename) for n in display.notices]
     map_view = write_map_image(folder, display, display_max)
     if map_view is None:
         notices.append(f"{filename}: its CRS cannot be shown on a web map; the page shows the answers' outlines only")
-    return Prepared(info=info, stretch=stretch, box=box, model_transform=model_view.transform,
+    return Prepared(info=info, stretch=stretch, box=box,
                     display_shape=display.image.shape[:2], notices=notices, map_view=map_view)

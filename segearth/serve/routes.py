@@ -10,9 +10,10 @@ from fastapi.responses import FileResponse
 
 from ..batch import parse_bands
 from ..geo.paths import output_stem
-from .engine import FILE_NAMES, Engine, Format
+from .engine import Engine
 from .limits import DiskFull, check_questions
 from .mapview import MAP_FILE
+from .render import FILES, Format
 from .schemas import AnswerOut, AskRequest, AskResponse, ImageMeta
 from .settings import ServeSettings
 from .store import ImageRecord, ImageStore, UnknownImage
@@ -25,8 +26,6 @@ from .upload import (
 )
 from .workers import PreparePool
 
-MEDIA = {"geotiff": "image/tiff", "geojson": "application/geo+json", "png": "image/png"}
-SUFFIX = {"geotiff": "_mask.tif", "geojson": ".geojson", "png": "_mask.png"}
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file in a multipart body
 
 _UPLOAD_BODY = {
@@ -134,7 +133,7 @@ def image_routes(settings: ServeSettings, store: ImageStore, engine: Engine, pre
         answers = await asyncio.to_thread(engine.store_answers, record, questions, logits, body.format)
         return AskResponse(image_id=image_id, format=body.format, cached_features=cached,
                            model_seconds=round(seconds, 4),
-                           answers=[AnswerOut.of(image_id, a, body.format) for a in answers])
+                           answers=[AnswerOut.of(record, a, body.format) for a in answers])
 
     @router.get("/images/{image_id}/answers", tags=["questions"], response_model=list[AnswerOut])
     def answers(image_id: str) -> list[AnswerOut]:
@@ -142,17 +141,23 @@ def image_routes(settings: ServeSettings, store: ImageStore, engine: Engine, pre
         record = store.get(image_id)
         with record.lock:
             history = list(record.answers)
-        return [AnswerOut.of(image_id, a) for a in history]
+        return [AnswerOut.of(record, a) for a in history]
 
     @router.get("/images/{image_id}/answers/{number}/{fmt}", tags=["questions"], response_class=FileResponse)
     def download(image_id: str, number: int, fmt: Format) -> FileResponse:
-        """One answer's mask as `geotiff`, `geojson` or `png` (rendered on first request)."""
+        """One answer as a file (rendered on first request), the files `segearth predict` writes and two images.
+
+        `geotiff` 0/255 mask and `probabilities` float32 GeoTIFF (full resolution, the upload's grid),
+        `geojson` and `gpkg` polygons, `preview` the CLI's preview PNG; `png` an RGBA mask on the preview
+        grid and `overlay` the same on the grid of `map.png` (the page's raster layer).
+        """
         record = store.get(image_id)
         answer = record.answer(number)
-        if not (answer.folder / FILE_NAMES[fmt]).exists():
+        kind = FILES[fmt]
+        if not (answer.folder / kind.name).exists():
             store.disk_left()  # a render adds a file: refused once the work folder is full
         path = engine.render(record, answer, fmt)
-        name = output_stem(Path(record.filename), answer.question) + SUFFIX[fmt]
-        return FileResponse(path, media_type=MEDIA[fmt], filename=name)
+        name = output_stem(Path(record.filename), answer.question) + kind.suffix
+        return FileResponse(path, media_type=kind.media, filename=name)
 
     return router

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from .render import DOWNLOADS, Format
 from .store import Answer, ImageRecord
 
 
@@ -56,8 +57,8 @@ class ImageMeta(BaseModel):
 class AskRequest(BaseModel):
     questions: list[str] | str = Field(description="One question or a list of questions",
                                        examples=[["where could floodwater collect after heavy rain?"]])
-    format: Literal["geotiff", "geojson", "png"] = Field(
-        "geojson", description="Mask format rendered now and linked as `url` (the others render on demand)")
+    format: Format = Field(
+        "geojson", description="Format rendered now and linked as `url` (the others render on demand)")
 
 
 class Scores(BaseModel):
@@ -73,15 +74,19 @@ class AnswerOut(BaseModel):
     question: str
     scores: Scores
     url: str | None = Field(None, description="Download link of the requested format")
-    downloads: dict[str, str] = Field(description="Download links of every format")
+    downloads: dict[str, str] = Field(description="Download links of every format (those `segearth predict` "
+                                      "writes, and `png`, the mask on the preview grid)")
+    overlay: str | None = Field(None, description="The mask as RGBA on the grid of the image's `map.png` "
+                                                  "(null when the image has no map placement)")
     created: float
 
     @classmethod
-    def of(cls, image_id: str, a: Answer, fmt: str | None = None) -> AnswerOut:
-        base = f"/images/{image_id}/answers/{a.number}"
-        downloads = {f: f"{base}/{f}" for f in ("geotiff", "geojson", "png")}
+    def of(cls, record: ImageRecord, a: Answer, fmt: str | None = None) -> AnswerOut:
+        base = f"/images/{record.id}/answers/{a.number}"
+        downloads = {f: f"{base}/{f}" for f in DOWNLOADS}
         return cls(number=a.number, question=a.question, scores=Scores(**a.scores),
-                   url=downloads[fmt] if fmt else None, downloads=downloads, created=a.created)
+                   url=f"{base}/{fmt}" if fmt else None, downloads=downloads, created=a.created,
+                   overlay=None if record.map_view is None else f"{base}/overlay")
 
 
 class AskResponse(BaseModel):

@@ -7,10 +7,9 @@ Layout (every name chosen by the server, never by the client)::
                                         display.png            RGB preview (long side <= display_max)
                                         map.png                RGBA preview on a Web Mercator grid (see mapview)
                                         valid.npy              nodata mask on the preview grid
-                                        model_valid.npy        nodata mask on the model overview grid
-                                        canvas.npy             letterboxed model input (cache misses)
-                                        answers/<n>/logits.npy mask logits on the model overview grid
-                                        answers/<n>/mask.*     rendered GeoTIFF / GeoJSON / PNG
+                                        canvas.npy             letterboxed model input, the CLI's (cache misses)
+                                        answers/<n>/logits.npy decoder logits on the model canvas (S/4 square)
+                                        answers/<n>/*          rendered files, see render.FILES
 
 A server killed with SIGKILL (or a crashed machine) cannot remove its folder; the next server started
 with the same parent removes such stale folders: those with the prefix *and* a ``server.lock`` that
@@ -31,8 +30,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from affine import Affine
 
 from ..geo.letterbox import Letterbox
 from ..geo.read import RasterInfo, Stretch
@@ -112,8 +109,7 @@ class ImageRecord:
     info: RasterInfo
     stretch: Stretch
     bands: tuple[int, ...] | None
-    box: Letterbox  # where the model overview sits on the model canvas
-    model_transform: Affine  # georeferencing of the model overview grid (logits, polygons, scores)
+    box: Letterbox  # where the scene input (pipeline.read_scene) sits on the model canvas
     display_shape: tuple[int, int]  # (h, w) of display.png, the grid of the PNG masks
     notices: list[str]
     map_view: MapView | None  # placement of map.png on the page's map
