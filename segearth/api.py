@@ -27,6 +27,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from .errors import InputError
 from .geo.read import DEFAULT_MAX_PIXELS, RasterInfo
 from .modeling.prompt import Task as PromptTask
 from .options import DType, Mode, Quantize, Task, choice
@@ -221,7 +222,7 @@ class SegEarth:
 
         info = check_raster(source, opts)
         if info.width * info.height > max_result_pixels:
-            raise ValueError(
+            raise InputError(
                 f"{info.name}: {info.width}x{info.height} pixels is more than an in-memory result holds "
                 f"({max_result_pixels:,} pixels); use `segearth predict`, which streams any size to disk, "
                 "or raise max_result_pixels"

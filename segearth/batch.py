@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .api import load_predictor
+from .errors import InputError
 from .geo.paths import confined_output, is_remote, output_stem, source_name
 from .pipeline import Progress as Tick
 from .pipeline import check_raster, work_units
@@ -57,11 +58,11 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
     try:
         bands = tuple(int(b) for b in text.split(","))
     except ValueError:
-        raise ValueError(f"--bands must be comma-separated 1-based band numbers like 4,3,2, got {text!r}") from None
+        raise InputError(f"--bands must be comma-separated 1-based band numbers like 4,3,2, got {text!r}") from None
     if any(b < 1 for b in bands):
-        raise ValueError(f"--bands are 1-based: got {text!r}")
+        raise InputError(f"--bands are 1-based: got {text!r}")
     if len(bands) not in (1, 3):
-        raise ValueError(f"--bands takes 1 band (grey) or 3 bands (R,G,B), got {text!r}")
+        raise InputError(f"--bands takes 1 band (grey) or 3 bands (R,G,B), got {text!r}")
     return bands
 
 
@@ -74,14 +75,14 @@ def read_manifest(path: Path, out_dir: Path) -> list[Job]:
             fields = set(reader.fieldnames or [])
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: cannot read the manifest ({exc})") from None
+        raise InputError(f"{path}: cannot read the manifest ({exc})") from None
     if not {"image", "question"} <= fields:
-        raise ValueError(f"{path}: a manifest needs a header with columns image,question[,output]")
+        raise InputError(f"{path}: a manifest needs a header with columns image,question[,output]")
     jobs: dict[str, Job] = {}
     for line, row in enumerate(rows, start=2):
         image, question = (row.get("image") or "").strip(), (row.get("question") or "").strip()
         if not image or not question:
-            raise ValueError(f"{path}, line {line}: image and question must both be given")
+            raise InputError(f"{path}, line {line}: image and question must both be given")
         source: str | Path = image if is_remote(image) or Path(image).is_absolute() else path.parent / image
         job = jobs.setdefault(str(source), Job(source, [], []))
         output = (row.get("output") or "").strip()
@@ -90,13 +91,13 @@ def read_manifest(path: Path, out_dir: Path) -> list[Job]:
             try:
                 stem = str(confined_output(out_dir, output).relative_to(out_dir.resolve()))
             except ValueError as exc:
-                raise ValueError(f"{path}, line {line}: {exc}") from None
+                raise InputError(f"{path}, line {line}: {exc}") from None
         if question in job.questions:
             continue  # a repeated question is answered once
         job.questions.append(question)
         job.stems.append(stem)  # type: ignore[union-attr]
     if not jobs:
-        raise ValueError(f"{path}: the manifest has no rows")
+        raise InputError(f"{path}: the manifest has no rows")
     return list(jobs.values())
 
 
@@ -105,15 +106,15 @@ def resolve_jobs(image: str, questions: list[str], out_dir: Path) -> tuple[list[
     questions = list(dict.fromkeys(questions))
     if is_remote(image):
         if not questions:
-            raise ValueError("no question given: segearth predict IMAGE \"QUESTION\" [MORE QUESTIONS]")
+            raise InputError("no question given: segearth predict IMAGE \"QUESTION\" [MORE QUESTIONS]")
         return [Job(image, questions)], False
     p = Path(image)
     if p.suffix.lower() == ".csv" and p.is_file():
         if questions:
-            raise ValueError("give questions either on the command line or in the manifest, not both")
+            raise InputError("give questions either on the command line or in the manifest, not both")
         return read_manifest(p, out_dir), True
     if not questions:
-        raise ValueError("no question given: segearth predict IMAGE \"QUESTION\" [MORE QUESTIONS]")
+        raise InputError("no question given: segearth predict IMAGE \"QUESTION\" [MORE QUESTIONS]")
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in RASTER_SUFFIXES)
         if not files:

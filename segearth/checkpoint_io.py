@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
+
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KB; anything near this is not a config
 _MAX_HEADER_BYTES = 100 << 20  # the safetensors reference implementation's own limit
 _CHUNK_ELEMENTS = 1 << 22  # conversions work on slices this long (16 MiB of fp32)
@@ -28,7 +30,7 @@ _SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be loaded into the model; the message lists every problem."""
 
 

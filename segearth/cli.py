@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import USER_ERRORS, exit_with_user_error
+from .errors import exit_with_user_error, report_bug
 from .evaluate import eval_command
 from .options import DEFAULT_MAX_PIXELS, DType, Mode, Quantize, Task
 from .serve.command import serve
@@ -44,7 +44,7 @@ def parity(
 
     try:
         results, missing = run_parity(fixture_dir, device=device)
-    except USER_ERRORS as exc:
+    except Exception as exc:  # sorted there: user error (one line) or bug
         exit_with_user_error(exc, debug)
     table = Table(title=f"parity with {fixture_dir}", show_lines=False)
     for col in ("tensor", "shape", "max abs diff", "rule", "result"):
@@ -80,7 +80,7 @@ def check_checkpoint(
     try:
         folder = resolve_model(model)
         net = load_pretrained(folder)
-    except USER_ERRORS as exc:
+    except Exception as exc:  # sorted there: user error (one line) or bug
         exit_with_user_error(exc, debug)
     n = sum(p.numel() for p in net.parameters())
     console.print(f"[green]ok[/]: {model} loaded from {folder}, {n:,} parameters, image size {net.cfg.image_size}",
@@ -166,7 +166,7 @@ def predict(
         )
         code = run_predict_command(image, questions or [], model, opts, task=task.value, device=device,
                                    dtype=dtype.value, quantize=quantize.value, console=console, scale=scale)
-    except USER_ERRORS as exc:
+    except Exception as exc:  # sorted there: user error (one line) or bug
         exit_with_user_error(exc, debug)
     raise typer.Exit(code=code)
 
@@ -176,5 +176,10 @@ app.command("eval")(eval_command)
 app.command()(train)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app(sys.argv[1:])
+def main(args: list[str] | None = None) -> None:
+    """The console entry point: the app, plus a bug report for an error no command handled."""
+    try:
+        app(sys.argv[1:] if args is None else args)
+    except Exception as exc:  # the commands report user errors themselves: a bug
+        report_bug(exc)
+        sys.exit(1)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated, Any, Literal
 
 from .config_checks import MAX_IMAGE_SIZE, Length, OneOf, Range, from_data
+from .errors import ConfigError
 
 # Pixel statistics of the official preprocessing, on the 0-255 scale, RGB order.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -187,12 +188,12 @@ class SegEarthConfig:
 
     def __post_init__(self) -> None:
         if self.image_size % 64 != 0 or self.image_size <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size must be a positive multiple of 64 (the connector halves the stride-32 "
                 f"map twice), got {self.image_size}"
             )
         if self.llm.hidden_size % self.llm.num_attention_heads != 0:
-            raise ValueError("llm.hidden_size must be divisible by llm.num_attention_heads")
+            raise ConfigError("llm.hidden_size must be divisible by llm.num_attention_heads")
 
     @property
     def connector_size(self) -> int:
@@ -305,7 +306,7 @@ def config_from_official(
     phi = from_data(PhiConfig, llm_config, ignore_unknown=True)
     official = from_data(OfficialKeys, llm_config, ignore_unknown=True)
     if official.qk_layernorm:
-        raise ValueError("qk_layernorm must be false (SegEarth-R1 checkpoints never use it), got true")
+        raise ConfigError("qk_layernorm must be false (SegEarth-R1 checkpoints never use it), got true")
     if swin_kwargs is not None:
         named = {_SWIN_KWARGS.get(k, k): v for k, v in swin_kwargs.items()}
         vision = from_data(SwinConfig, named, "swin_kwargs", ignore_unknown=True)

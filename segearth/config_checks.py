@@ -26,12 +26,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
+from .errors import ConfigError
+
 MAX_PARAMETERS = 10_000_000_000  # six times the released model
 MAX_IMAGE_SIZE = 4096  # 16x the pixels of the released 1024² input; activations grow with its square
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key and what was expected."""
 
 
 @dataclass(frozen=True)

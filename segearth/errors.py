@@ -1,24 +1,105 @@
-"""How every command reports a user error: one readable line on stderr, exit code 2.
+"""The project's exceptions for user errors, and how every command reports an error.
 
 A user error is bad input (a missing or corrupt file, an unknown band, an empty question, an
-unwritable folder, a broken checkpoint). Its message names the file and the problem, so a traceback
-would only hide it; ``--debug`` re-raises to show one.
+unwritable folder, a broken checkpoint, a wrong config value). It is raised as a
+:class:`SegEarthError` subclass (or one of the builtin file errors in :data:`FILE_ERRORS`), whose
+message names the file and the problem, so a traceback would only hide it: it is printed as one line
+on stderr, exit code 2. Anything else is a bug in segearth: its traceback is printed with a request
+to report it, exit code 1. ``--debug`` re-raises either.
+
+The user-error classes subclass ``ValueError`` (``ModelNotFoundError``: ``FileNotFoundError``), so
+code that caught those before keeps working.
 """
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
 from typing import NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+
+class SegEarthError(Exception):
+    """Base of the user errors: the message alone tells the user what to fix."""
+
+
+class InputError(SegEarthError, ValueError):
+    """Bad input: an image, a raster window, a band list, a question, a manifest, an option value."""
+
+
+class ConfigError(SegEarthError, ValueError):
+    """A configuration that cannot be used; the message names the key and what was expected."""
+
+
+class ModelNotFoundError(SegEarthError, FileNotFoundError):
+    """A model name or folder that names no model."""
+
+
+class UnsupportedError(ConfigError):
+    """A feature the chosen model cannot do (e.g. LoRA on nano's MiniLM)."""
+
+
+FILE_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, FileExistsError, PermissionError)
+
+# What a command catches and hands to :func:`exit_with_user_error`, which sorts it. ValueError is
+# still caught because the modules listed in _LEGACY_MODULES raise plain ValueErrors for user errors;
+# a plain ValueError raised anywhere else is reported as a bug.
+USER_ERRORS: tuple[type[Exception], ...] = (SegEarthError, *FILE_ERRORS, ValueError)
+
+# Modules not yet moved to the project's classes (their plain ValueErrors are user errors for now).
+_PACKAGE = Path(__file__).resolve().parent
+_LEGACY_MODULES = ("data/", "evaluate.py", "metrics.py", "serve/", "weights/", "pipeline.py", "predict.py",
+                   "train/data.py", "train/augment.py", "train/collate.py", "train/losses.py")
+# ValueError subclasses defined there (e.g. UnknownDatasetError, the upload errors).
+_LEGACY_PREFIXES = ("segearth.data", "segearth.serve", "segearth.evaluate", "segearth.weights",
+                    "segearth.pipeline", "segearth.predict")
+
+REPORT_REQUEST = ("this is a bug in segearth, not a problem with your input: please report it at the "
+                  "project's issue tracker with the command you ran and the traceback above")
+
+
+def _raised_by_legacy_module(exc: BaseException) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return False
+    path = Path(frames[-1].filename).resolve()
+    if not path.is_relative_to(_PACKAGE):
+        return False
+    relative = path.relative_to(_PACKAGE).as_posix()
+    return any(relative == m or (m.endswith("/") and relative.startswith(m)) for m in _LEGACY_MODULES)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the user's to fix (one line) rather than a bug (traceback + report)."""
+    if isinstance(exc, (SegEarthError, *FILE_ERRORS)):
+        return True
+    if isinstance(exc, ValueError):  # transitional: see _LEGACY_MODULES
+        module = type(exc).__module__
+        defined_there = module in _LEGACY_PREFIXES or module.startswith(tuple(p + "." for p in _LEGACY_PREFIXES))
+        return defined_there or _raised_by_legacy_module(exc)
+    return False
 
 
 def exit_with_user_error(exc: BaseException, debug: bool) -> NoReturn:
-    """Print ``exc`` as ``error: <message>`` and exit 2 (re-raise with ``debug``)."""
-    if debug:
-        raise exc
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
+    """Report ``exc`` and exit: a user error as ``error: <message>`` (exit 2), anything else as a bug,
+    with its traceback and :data:`REPORT_REQUEST` (exit 1). ``debug`` re-raises."""
+    if debug or isinstance(exc, (click.exceptions.Exit, click.exceptions.Abort, click.ClickException)):
+        raise exc  # click's own exits and usage errors (and --debug) go through click
+    console = Console(stderr=True)
+    if is_user_error(exc):
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2)
+    report_bug(exc, console)
+    raise typer.Exit(code=1)
+
+
+def report_bug(exc: BaseException, console: Console | None = None) -> None:
+    """Print the traceback of an internal error and ask for a report."""
+    console = console or Console(stderr=True)
+    console.print("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip(),
+                  markup=False, highlight=False, soft_wrap=True)
+    console.print(f"[bold red]internal error:[/] {escape(REPORT_REQUEST)}", highlight=False, soft_wrap=True)

@@ -20,6 +20,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from .checkpoint_io import CheckpointError
+from .errors import ModelNotFoundError
 from .weights import BUILTIN_NAMES, DEFAULT_MODEL, builtin_model_path
 
 CHECKPOINT_FILES = (
@@ -30,10 +31,6 @@ BIN_FILES = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 # fnmatch's "*" also matches "/": this keeps checkpoints saved in subfolders (training steps, other formats) out.
 _SUBFOLDERS = ["*/*"]
 _HUB_ID = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A model name that resolves to nothing loadable here (no folder, built-in or reachable hub repository)."""
 
 
 def resolve_model(spec: str | Path | None = None, revision: str | None = None, *, allow_bin: bool = False) -> Path:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
+from .errors import InputError
+
 # Rasters above this many pixels are refused from their header, before a pixel is read: 1.5 gigapixels
 # (~39k x 39k) is a large orthophoto, whose uint8 mask is 1.5 GB before compression and whose tiles mode
 # runs thousands of windows; a decompression bomb declares far more. --max-pixels raises it.
@@ -72,4 +74,4 @@ def choice(enum: type[Enum], value: object, what: str) -> Any:
     try:
         return enum(value)
     except ValueError:
-        raise ValueError(f"{what} must be one of {', '.join(str(e.value) for e in enum)}, got {value!r}") from None
+        raise InputError(f"{what} must be one of {', '.join(str(e.value) for e in enum)}, got {value!r}") from None

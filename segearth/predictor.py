@@ -22,13 +22,13 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from .errors import InputError
 from .geo.letterbox import Letterbox, letterbox
-from .modeling.llm import PhiLanguageModel
 from .modeling.prompt import REFER_TOKEN, Task, build_prompt, description_ids, splice_sequence
 from .modeling.segearth_r1 import ImageFeatures, SegEarthR1
 
 
-class NonFiniteOutputError(ValueError):
+class NonFiniteOutputError(InputError):
     """The model produced NaN/Inf logits: a broken checkpoint or an unsuitable dtype, never "nothing here"."""
 
 
@@ -115,7 +115,7 @@ class Predictor:
         cut = self._ids.index(REFER_TOKEN)
         self._prefix_ids = self._ids[:cut]
         # The prefix cache is only valid for a causal LLM (a bidirectional one sees the question).
-        self._use_cache = getattr(model.llm, "is_causal", True)
+        self._use_cache = model.llm.supports_prefix_cache
 
     @property
     def image_size(self) -> int:
@@ -138,9 +138,9 @@ class Predictor:
         """Cache an RGB image of any size: uint8 ``[H, W, 3]`` (letterboxed onto the canvas here)."""
         array = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         if array.ndim != 3 or array.shape[-1] != 3:
-            raise ValueError(f"set_image expects an RGB image of shape [H, W, 3], got {list(array.shape)}")
+            raise InputError(f"set_image expects an RGB image of shape [H, W, 3], got {list(array.shape)}")
         if array.dtype != np.uint8:
-            raise ValueError(f"set_image expects uint8 RGB (0-255), got {array.dtype}; "
+            raise InputError(f"set_image expects uint8 RGB (0-255), got {array.dtype}; "
                              "segearth.geo.read stretches other dtypes")
         canvas, self._box = letterbox(array, self.image_size)
         x = torch.from_numpy(canvas)
@@ -152,11 +152,11 @@ class Predictor:
         if self._features is None:
             raise RuntimeError("call set_image() before predict()")
         if not question or not question.strip():
-            raise ValueError("the question is empty")
+            raise InputError("the question is empty")
         ids = description_ids(question, self.tokenizer)  # the template was tokenised once, in __init__
         limit = self.max_question_tokens()
         if len(ids) > limit:
-            raise ValueError(f"the question is {len(ids)} tokens long; this model's context allows at most {limit}")
+            raise InputError(f"the question is {len(ids)} tokens long; this model's context allows at most {limit}")
         return torch.tensor(ids, device=self.model.device)
 
     def _prediction(self, question: str, low_res: torch.Tensor) -> Prediction:
@@ -192,11 +192,6 @@ class Predictor:
         assert self._features is not None  # every question is checked first (_check_question)
         return self._features
 
-    def _causal_llm(self) -> PhiLanguageModel:
-        llm = self.model.llm
-        assert isinstance(llm, PhiLanguageModel)  # the prefix cache is only used for a causal LLM
-        return llm
-
     def _decode(self, hidden: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
         """Description rows of the LLM output -> [B, S/4, S/4] mask logits (the model's question path)."""
         cached = self._image_features()
@@ -206,7 +201,7 @@ class Predictor:
 
     def _first_with_prefix(self, refer: torch.Tensor) -> torch.Tensor:
         ids = torch.tensor(self._prefix_ids, device=self.model.device)
-        llm = self._causal_llm()
+        llm = self.model.llm
         prefix, _, _ = splice_sequence(
             ids, None, self._image_features().visual_tokens[0], None, None, llm.embed, require_description=False
         )
@@ -221,7 +216,7 @@ class Predictor:
         # Right padding is safe without an attention mask: in a causal LLM no description row sees the pads
         # after it, and only description rows reach the decoder.
         longest = max(len(r) for r in refers)
-        llm = self._causal_llm()
+        llm = self.model.llm
         embeds = torch.stack([torch.nn.functional.pad(llm.embed(r), (0, 0, 0, longest - len(r)))
                               for r in refers])
         flags = torch.arange(longest, device=embeds.device)[None] < torch.tensor([len(r) for r in refers],

@@ -16,9 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import SegEarthConfig, nano_config, released_config, small_config
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .modeling.language_model import LanguageModel
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -45,12 +49,19 @@ class Preset:
     weights: Path | None = None
     aliases: tuple[str, ...] = ()
 
+    def language_model(self) -> type[LanguageModel]:
+        """The LLM class this preset builds, whose flags say what training may ask of it (nothing is built;
+        the vocabulary size passed to :attr:`config` does not change which LLM it is)."""
+        from .modeling.language_model import language_model_class
+
+        return language_model_class(self.config(self.default_image_size, 1).llm)
+
 
 PRESETS: dict[str, Preset] = {}
 _ALIASES: dict[str, str] = {}
 
 
-class UnknownPresetError(ValueError):
+class UnknownPresetError(ConfigError):
     """A model name that is not a registered preset."""
 
 

@@ -14,14 +14,16 @@ import warnings
 import torch
 from torch import nn
 
+from .errors import InputError
+
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """``model`` with its Linear layers dynamically quantised to int8 (CPU, float32 models only)."""
     params = list(model.parameters())
     if any(p.device.type != "cpu" for p in params):
-        raise ValueError("--quantize int8 runs on the CPU only; drop --device or --quantize")
+        raise InputError("--quantize int8 runs on the CPU only; drop --device or --quantize")
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in params):
-        raise ValueError("--quantize int8 needs --dtype float32 (it replaces the float Linear weights by int8)")
+        raise InputError("--quantize int8 needs --dtype float32 (it replaces the float Linear weights by int8)")
     with warnings.catch_warnings():
         # torch.ao's dynamic quantisation is deprecated in favour of torchao, which is not a dependency here.
         warnings.simplefilter("ignore")

@@ -29,6 +29,7 @@ from rich.console import Console
 
 from .api import display_name, load_predictor
 from .batch import ITEM_ERRORS, BatchReport, Job, job_stems, progress_bar, run_job
+from .errors import InputError
 from .geo.paths import is_remote, source_name
 from .predict import PredictOptions, RasterResult, output_paths
 
@@ -48,13 +49,13 @@ class ScaleOptions:
 
     def __post_init__(self) -> None:
         if self.address not in ("local", "auto") and not re.fullmatch(r"ray://[^\s/:]+:\d+", self.address):
-            raise ValueError(f"--ray takes local, auto or ray://HOST:PORT, got {self.address!r}")
+            raise InputError(f"--ray takes local, auto or ray://HOST:PORT, got {self.address!r}")
         if self.workers is not None and self.workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+            raise InputError(f"--workers must be at least 1, got {self.workers}")
         if not self.cpus_per_worker > 0:
-            raise ValueError(f"--cpus-per-worker must be more than 0, got {self.cpus_per_worker:g}")
+            raise InputError(f"--cpus-per-worker must be more than 0, got {self.cpus_per_worker:g}")
         if self.gpus_per_worker < 0:
-            raise ValueError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker:g}")
+            raise InputError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker:g}")
 
     @classmethod
     def from_cli(cls, address: str | None, workers: int | None, cpus_per_worker: float | None,
@@ -62,15 +63,15 @@ class ScaleOptions:
         """The options of ``segearth predict``, checked before any work; ``None`` (run here) without ``--ray``."""
         if address is None:
             if (workers, cpus_per_worker, gpus_per_worker) != (None, None, None):
-                raise ValueError("--workers, --cpus-per-worker and --gpus-per-worker need --ray")
+                raise InputError("--workers, --cpus-per-worker and --gpus-per-worker need --ray")
             return None
         scale = cls(address, workers, 1.0 if cpus_per_worker is None else cpus_per_worker,
                     0.0 if gpus_per_worker is None else gpus_per_worker)
         # Ray shows a worker only the GPUs it reserves, so the device and the reservation must agree.
         if device.startswith("cuda") and scale.gpus_per_worker == 0:
-            raise ValueError(f"--device {device} with --ray needs --gpus-per-worker (e.g. 1)")
+            raise InputError(f"--device {device} with --ray needs --gpus-per-worker (e.g. 1)")
         if scale.gpus_per_worker > 0 and not device.startswith("cuda"):
-            raise ValueError(f"--gpus-per-worker reserves GPUs that --device {device} would not use; add --device cuda")
+            raise InputError(f"--gpus-per-worker reserves GPUs that --device {device} would not use; add --device cuda")
         return scale
 
 
@@ -87,7 +88,7 @@ class DoneLog:
         try:
             text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{self.path}: cannot read the record of finished items ({exc})") from None
+            raise InputError(f"{self.path}: cannot read the record of finished items ({exc})") from None
         self._torn = bool(text) and not text.endswith("\n")  # a crash cut the last line short
         for line in text.splitlines():
             try:
@@ -150,7 +151,7 @@ def run_on_ray(jobs: list[Job], model: str | None, opts: PredictOptions, scale: 
     try:
         import ray
     except ImportError:
-        raise ValueError("--ray needs Ray: pip install 'segearth[ray]'") from None
+        raise InputError("--ray needs Ray: pip install 'segearth[ray]'") from None
     # Workers do not share the driver's working directory: every local path they get is absolute.
     opts = replace(opts, out_dir=Path(os.path.abspath(opts.out_dir)))
     if model is not None and Path(model).is_dir():
@@ -202,7 +203,7 @@ def _connect(ray: Any, scale: ScaleOptions) -> bool:
         else:
             ray.init(address=scale.address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ValueError(f"cannot connect to Ray at {scale.address}: {_first_line(exc)}") from None
+        raise InputError(f"cannot connect to Ray at {scale.address}: {_first_line(exc)}") from None
     return True
 
 
@@ -217,7 +218,7 @@ def _start_workers(ray: Any, scale: ScaleOptions, model: str | None, load: dict[
         wanted = f"{n} worker(s) × {scale.cpus_per_worker:g} CPU, {scale.gpus_per_worker:g} GPU"
         held = f"{have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU"
         if scale.address == "local":  # nothing would ever free them: Ray would wait forever
-            raise ValueError(f"{wanted} do not fit on this machine ({held})")
+            raise InputError(f"{wanted} do not fit on this machine ({held})")
         console.print(f"[yellow]note[/] {wanted} do not fit in the cluster now ({held}); waiting for nodes",
                       highlight=False)
     actor = ray.remote(Worker).options(num_cpus=scale.cpus_per_worker, num_gpus=scale.gpus_per_worker,
@@ -231,7 +232,7 @@ def _start_workers(ray: Any, scale: ScaleOptions, model: str | None, load: dict[
     if errors:
         for worker in workers:
             ray.kill(worker)
-        raise ValueError(errors[0])
+        raise InputError(errors[0])
     return workers
 
 

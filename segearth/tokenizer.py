@@ -13,6 +13,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from .errors import InputError
 from .modeling.prompt import EOS, SEG
 
 
@@ -53,5 +54,5 @@ def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
     finally:
         hf_logging.set_verbosity(previous)
     if tok.convert_tokens_to_ids(SEG) in (None, tok.unk_token_id):
-        raise ValueError(f"the tokenizer in {folder} has no {SEG} token; it is not a SegEarth-R1 tokenizer")
+        raise InputError(f"the tokenizer in {folder} has no {SEG} token; it is not a SegEarth-R1 tokenizer")
     return tok

@@ -28,12 +28,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
+from segearth.errors import InputError
+
 STEM_MAX_LEN = 150  # leaves room for suffixes like "_preview.png" under the usual 255-byte limit
 GDAL_SIDE_FILES = (".aux.xml", ".msk", ".ovr")  # what GDAL may write next to a raster it creates
 _QUESTION_ROOM = 40  # characters of question slug kept when a long input stem must be cut
 
 
-class OutputWriteError(OSError, ValueError):
+class OutputWriteError(OSError, InputError):
     """An output file could not be written (disk full, read-only, no permission...).
 
     Prints as one line, ``cannot write PATH: REASON``; ``errno`` is the OS error number when
@@ -134,16 +136,16 @@ def confined_output(out_dir: Path, name: str) -> Path:
     text = str(name).strip()
     parts = PurePosixPath(text.replace("\\", "/")).parts
     if not text or all(p == "." for p in parts):
-        raise ValueError(f"output name {name!r} is empty")
+        raise InputError(f"output name {name!r} is empty")
     if Path(text).is_absolute() or text.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[\\/]", text):
-        raise ValueError(f"output name {name!r} is absolute; give a name relative to the output folder")
+        raise InputError(f"output name {name!r} is absolute; give a name relative to the output folder")
     if ".." in parts:
-        raise ValueError(f"output name {name!r} contains '..'; it must stay inside the output folder")
+        raise InputError(f"output name {name!r} contains '..'; it must stay inside the output folder")
     root = Path(out_dir).resolve()
     target = root / Path(*parts)
     resolved = target.resolve()  # through symbolic links, which may point anywhere
     if resolved == root or root not in resolved.parents:
-        raise ValueError(f"output name {name!r} resolves outside the output folder {out_dir}")
+        raise InputError(f"output name {name!r} resolves outside the output folder {out_dir}")
     return target
 
 

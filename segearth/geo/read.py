@@ -43,6 +43,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from segearth.errors import InputError
 from segearth.geo.letterbox import Letterbox, fit_long_side, letterbox  # re-exported: preprocessing API
 from segearth.geo.paths import as_source, describe_source, is_remote, source_name
 from segearth.options import DEFAULT_MAX_PIXELS  # defined with the CLI's options, which must import fast
@@ -56,7 +57,7 @@ __all__ = [
 STATS_SIZE = 1024  # long side of the decimated read used for the stretch statistics
 
 
-class RasterInputError(ValueError):
+class RasterInputError(InputError):
     """The user's raster cannot be used; the message names the file and the problem."""
 
 
@@ -378,4 +379,4 @@ def _check_window(info: RasterInfo, window: Window) -> None:
     w = window.round_offsets().round_lengths()
     if w.col_off < 0 or w.row_off < 0 or w.col_off + w.width > info.width or w.row_off + w.height > info.height:
         where = describe_source(info.path)
-        raise ValueError(f"{where}: window {window} lies outside the {info.width}x{info.height} raster")
+        raise RasterInputError(f"{where}: window {window} lies outside the {info.width}x{info.height} raster")

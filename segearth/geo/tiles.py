@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from rasterio.windows import Window
 
+from segearth.errors import InputError
+
 
 def _offsets(length: int, tile: int, stride: int) -> list[int]:
     if length <= tile:
@@ -41,9 +43,9 @@ def plan_tiles(width: int, height: int, tile_size: int, overlap: int = 0) -> lis
     whole axis (and is smaller than ``tile_size``).
     """
     if tile_size <= 0:
-        raise ValueError(f"tile_size must be positive, got {tile_size}")
+        raise InputError(f"tile_size must be positive, got {tile_size}")
     if not 0 <= overlap < tile_size:
-        raise ValueError(f"overlap must be in [0, tile_size), got {overlap} for tile_size {tile_size}")
+        raise InputError(f"overlap must be in [0, tile_size), got {overlap} for tile_size {tile_size}")
     stride = tile_size - overlap
     tile_w, tile_h = min(tile_size, width), min(tile_size, height)
     return [

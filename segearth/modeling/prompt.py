@@ -22,6 +22,8 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 IMAGE_TOKEN = -200
 SEG_TOKEN = -201
 REFER_TOKEN = -204
@@ -131,7 +133,7 @@ def build_prompt(
 ) -> PromptInputs:
     """Prompt ids, description ids and (reasoning task) answer ids for one question."""
     if not question.strip():
-        raise ValueError("the question is empty")
+        raise InputError("the question is empty")
     prompt = render_prompt(task, assistant)
     ids = tokenize_prompt(prompt, tokenizer)
     ans = None

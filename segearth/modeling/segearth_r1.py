@@ -14,23 +14,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import EfficientNetConfig, MiniLMConfig, PhiConfig, SegEarthConfig, SwinConfig
+from ..errors import InputError
 from .connector import CompressionConnector
 from .d_projector import DProjector, DProjectorOutput
+from .language_model import LanguageModel
 from .llm import PhiLanguageModel
 from .mask_decoder import MaskDecoder
 from .pixel_decoder import PixelDecoder, PixelDecoderOutput
 from .prompt import SplicedBatch, splice_batch
 from .swin import SwinEncoder, WindowAttention, relative_position_index
-
-if TYPE_CHECKING:
-    from .minilm import MiniLMLanguageModel
 
 
 @dataclass
@@ -77,7 +75,7 @@ def build_vision_encoder(cfg: SwinConfig | EfficientNetConfig) -> nn.Module:
     return EfficientNetLiteEncoder(cfg.variant, pretrained=cfg.pretrained)
 
 
-def build_language_model(cfg: PhiConfig | MiniLMConfig) -> PhiLanguageModel | MiniLMLanguageModel:
+def build_language_model(cfg: PhiConfig | MiniLMConfig) -> LanguageModel:
     """The LLM named by the config: Phi (released) or MiniLM (nano)."""
     if isinstance(cfg, PhiConfig):
         return PhiLanguageModel(cfg)
@@ -95,7 +93,7 @@ class SegEarthR1(nn.Module):
         res_channels = cfg.vision.stage_channels
         self.vision_encoder = build_vision_encoder(cfg.vision)
         self.connector = CompressionConnector(res_channels[-1], cfg.llm.hidden_size, cfg.connector_size)
-        self.llm = build_language_model(cfg.llm)
+        self.llm: LanguageModel = build_language_model(cfg.llm)
         self.d_projector = DProjector(
             cfg.d_projector, cfg.llm.hidden_size, res_channels[-1], cfg.mask_decoder.hidden_dim
         )
@@ -138,7 +136,7 @@ class SegEarthR1(nn.Module):
         """Normalised images [B, 3, S, S] -> question-independent features."""
         s = self.cfg.image_size
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[-2:] != (s, s):
-            raise ValueError(f"expected images of shape [B, 3, {s}, {s}], got {list(images.shape)}")
+            raise InputError(f"expected images of shape [B, 3, {s}, {s}], got {list(images.shape)}")
         res = self.vision_encoder(images)
         return ImageFeatures(res=res, visual_tokens=self.connector(res[-1]), pixel=self.pixel_decoder(res))
 

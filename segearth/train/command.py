@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..data.registry import DATASETS
-from ..errors import USER_ERRORS, exit_with_user_error
+from ..errors import exit_with_user_error
 from ..presets import preset_names
 
 
@@ -46,5 +46,5 @@ def train(
         from .trainer import train as run
 
         run(cfg, resume=resume)
-    except USER_ERRORS as exc:
+    except Exception as exc:  # sorted there: user error (one line) or bug
         exit_with_user_error(exc, debug)

@@ -14,13 +14,16 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 
 from ..config_checks import MAX_IMAGE_SIZE, ConfigError, Length, Range, all_keys, from_data, nearest
 from ..data.registry import DATASETS, get_dataset
 from ..presets import get_preset, preset_names
+
+if TYPE_CHECKING:
+    from ..modeling.language_model import LanguageModel
 
 __all__ = ["ConfigError", "TrainConfig", "load_train_config"]
 
@@ -59,6 +62,7 @@ class DataConfig:
     cache: bool = False  # keep letterboxed uint8 images/masks in RAM (small datasets / small sizes)
     augment: bool = False  # random crops (scale), 90° turns, flips, light, where the dataset allows (train.augment)
     augment_min_crop: Annotated[float, Range(0, 1, low_open=True)] = 0.5  # smallest crop side / scene's short side
+    augment_sensor: bool = False  # also coarser GSD, grey, colour balance and haze (imagery from any sensor)
     num_workers: Annotated[int, Range(0)] = 0
 
 
@@ -181,6 +185,7 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"model.image_size: the {m.name!r} preset has a fixed input size")
         if preset.needs_tokenizer and (m.tokenizer is None or not Path(m.tokenizer).is_dir()):
             raise ConfigError(f"model.tokenizer: the {m.name!r} preset needs a tokenizer folder, got {m.tokenizer!r}")
+        _check_llm_features(cfg, preset.language_model())
     elif not Path(m.name).is_dir():
         raise ConfigError(f"model.name: {m.name!r} is neither a preset ({', '.join(preset_names())}) nor an "
                           "existing checkpoint folder")
@@ -198,6 +203,17 @@ def validate(cfg: TrainConfig) -> None:
         allowed = ", ".join(name for name, s in DATASETS.items() if s.augment)
         raise ConfigError(f"data.augment: only for {allowed}; crops and flips change what {d.name} "
                           "expressions and answers refer to (\"the car on the left\")")
+
+
+def _check_llm_features(cfg: TrainConfig, llm: type[LanguageModel]) -> None:
+    """Refuse what the model's language model cannot do (nano's MiniLM: no LoRA, no gradient checkpointing)."""
+    wanted = [("lora.enabled", cfg.lora.enabled, llm.supports_lora, "LoRA"),
+              ("optim.gradient_checkpointing", cfg.optim.gradient_checkpointing, llm.supports_gradient_checkpointing,
+               "gradient checkpointing")]
+    for key, asked, supported, what in wanted:
+        if asked and not supported:
+            raise ConfigError(f"{key}: the {cfg.model.name!r} model's language model ({llm.__name__}) does not "
+                              f"support {what}; set {key}=false")
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:

@@ -11,13 +11,12 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..checkpoint import load_model_and_tokenizer, save_pretrained
-from ..modeling.llm import PhiLanguageModel
 from ..modeling.prompt import IGNORE_INDEX, Tokenizer
 from ..modeling.segearth_r1 import SegEarthR1
 from ..presets import get_preset, preset_names
@@ -26,7 +25,6 @@ from .losses import lm_loss, mask_loss_terms, total_loss
 
 if TYPE_CHECKING:
     from peft.tuners.lora import LoraLayer
-    from transformers import PhiModel
 
 
 def build_model(cfg: ModelConfig, seed: int) -> tuple[SegEarthR1, Tokenizer]:
@@ -46,28 +44,36 @@ def _matches(name: str, prefixes: Sequence[str]) -> bool:
 
 
 def apply_freezing(model: SegEarthR1, cfg: FreezeConfig, lora: LoraConfig) -> None:
-    """Freeze parameters under ``cfg.prefixes``; with LoRA, also the Phi base weights (adapters train).
+    """Freeze parameters under ``cfg.prefixes``; with LoRA, also the adapted LLM's base weights (adapters
+    train).
 
     Parts whose weights come from an installed package (nano's MiniLM) are always frozen: checkpoints
     do not store them, so training them would be silently lost.
     """
     packaged = model.packaged_keys()
+    adapted = None
+    if lora.enabled:
+        target = model.llm.lora_target()
+        adapted = next(f"{n}." for n, m in model.named_modules() if m is target)  # "llm.phi." for Phi
     for name, param in model.named_parameters():
         frozen = _matches(name, cfg.prefixes) or name in packaged
-        if lora.enabled and name.startswith("llm.phi.") and "lora_" not in name:
+        if adapted is not None and name.startswith(adapted) and "lora_" not in name:
             frozen = True
         param.requires_grad_(not frozen)
 
 
 def apply_lora(model: SegEarthR1, cfg: LoraConfig) -> None:
-    """Inject LoRA adapters into the Phi linear layers in place (module names stay the same)."""
+    """Inject LoRA adapters into the LLM's linear layers in place (module names stay the same).
+
+    The training config refuses LoRA for an LLM without ``supports_lora`` (nano's MiniLM) before any
+    model is built; :meth:`LanguageModel.lora_target` raises for one that gets here anyway.
+    """
     from peft import LoraConfig as PeftLoraConfig
     from peft import inject_adapter_in_model
 
     config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
-    assert isinstance(model.llm, PhiLanguageModel), "LoRA adapts the Phi decoder"
-    # peft returns the model it was given (adapters injected in place), typed as a plain Module.
-    model.llm.phi = cast("PhiModel", inject_adapter_in_model(config, model.llm.phi))
+    # peft injects the adapters into the module it is given, in place.
+    inject_adapter_in_model(config, model.llm.lora_target())
 
 
 def set_train_mode(model: SegEarthR1, freeze: FreezeConfig) -> None:
@@ -154,7 +160,7 @@ class TrainingModule(nn.Module):
         terms = mask_loss_terms(out.layer_mask_logits, masks, self.loss_cfg, num_masks=num_masks)
         lm = None
         seq_labels = out.sequence.labels
-        if seq_labels is not None and hasattr(model.llm, "lm_head"):  # MiniLM has no LM head
+        if seq_labels is not None and model.llm.has_lm_head:  # MiniLM has none
             logits = model.llm.logits(out.hidden_states)
             if (seq_labels != IGNORE_INDEX).any():
                 lm = lm_loss(logits, seq_labels)

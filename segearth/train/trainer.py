@@ -24,7 +24,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
-from ..modeling.llm import PhiLanguageModel
+from ..errors import ConfigError
 from ..modeling.prompt import Tokenizer
 from ..modeling.segearth_r1 import SegEarthR1
 from .augment import AugmentedDataset
@@ -70,10 +70,10 @@ def _schedule_length(cfg: TrainConfig, num_samples: int, world: int) -> tuple[in
     o = cfg.optim
     per_epoch = num_samples // (o.batch_size * world)
     if per_epoch == 0:
-        raise ValueError(f"{num_samples} training samples are fewer than one global batch ({o.batch_size} x {world})")
+        raise ConfigError(f"{num_samples} training samples are fewer than one global batch ({o.batch_size} x {world})")
     total = o.max_steps if o.max_steps is not None else int(o.epochs * per_epoch) // o.grad_accum
     if total <= 0:
-        raise ValueError(f"the run would have no optimizer step ({per_epoch} micro-batches per epoch)")
+        raise ConfigError(f"the run would have no optimizer step ({per_epoch} micro-batches per epoch)")
     return per_epoch, total
 
 
@@ -83,9 +83,7 @@ def _prepare_model(cfg: TrainConfig) -> tuple[TrainingModule, Tokenizer]:
         apply_lora(model, cfg.lora)
     apply_freezing(model, cfg.freeze, cfg.lora)
     if cfg.optim.gradient_checkpointing:
-        assert isinstance(model.llm, PhiLanguageModel), "gradient checkpointing is applied to the Phi decoder"
-        # Non-reentrant checkpointing works with frozen inputs and with DDP's gradient hooks.
-        model.llm.phi.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.llm.enable_gradient_checkpointing()  # refused at config time when the LLM cannot
     return TrainingModule(model, cfg.optim.num_points), tokenizer
 
 
@@ -130,7 +128,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     size = model.cfg.image_size
     train_samples = build_samples(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
     train_ds: LetterboxedDataset | AugmentedDataset = (
-        AugmentedDataset(train_samples, size, o.seed, cfg.data.augment_min_crop) if cfg.data.augment
+        AugmentedDataset(train_samples, size, o.seed, cfg.data.augment_min_crop, sensor=cfg.data.augment_sensor)
+        if cfg.data.augment
         else LetterboxedDataset(train_samples, size, cfg.data.cache))
     val_ds = None
     if cfg.data.val_split:
