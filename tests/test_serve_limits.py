@@ -114,8 +114,11 @@ def test_pixel_bombs_are_refused_from_their_header(client, tmp_path, kind):
 
 
 def test_work_folder_disk_budget_gives_409(make_client):
-    size_mb = _raster("naip_rgbn_2019.tif").stat().st_size / 2**20
-    client = make_client(max_disk_mb=size_mb * 1.5)
+    size = _raster("naip_rgbn_2019.tif").stat().st_size
+    probe = make_client()
+    _upload(probe)
+    kept = probe.app.state.store.disk_used()  # the upload plus its previews and model input, which count too
+    client = make_client(max_disk_mb=(kept + size / 2) / 2**20)  # room for one upload, not two
     image_id = _upload(client)["id"]
     with open(_raster("naip_rgbn_2019.tif"), "rb") as f:
         r = client.post("/images", files={"file": ("b.tif", f, "image/tiff")})

@@ -62,12 +62,11 @@ def image_routes(settings: ServeSettings, store: ImageStore, engine: Engine, pre
         declared_bytes = int(declared) if declared and declared.isdigit() else 0
         if declared_bytes > settings.max_upload_bytes + MULTIPART_OVERHEAD:
             raise UploadTooLarge(f"the upload is larger than the limit of {settings.max_upload_mb:.3g} MB")
-        disk_left = await asyncio.to_thread(store.disk_left)
-        if declared_bytes > disk_left + MULTIPART_OVERHEAD:
-            raise DiskFull(f"the upload does not fit in the {disk_left / 2**20:.4g} MB left of the server's work "
-                           "folder; delete some images first")
-        limit = min(settings.max_upload_bytes, disk_left)
-        image_id, folder = store.reserve()
+        # The upload's bytes are reserved against the work folder's budget before any is written (a declared
+        # size, else up to the upload limit): two concurrent uploads cannot both pass the check.
+        image_id, folder, reserved = await asyncio.to_thread(
+            store.reserve, declared_bytes or None, settings.max_upload_bytes + MULTIPART_OVERHEAD)
+        limit = min(settings.max_upload_bytes, reserved)
         try:
             tmp = folder / "upload.part"
             content_type = request.headers.get("content-type", "")
@@ -77,7 +76,7 @@ def image_routes(settings: ServeSettings, store: ImageStore, engine: Engine, pre
                 else:
                     size = await save_raw(request.stream(), tmp, limit)
             except UploadTooLarge:
-                if disk_left < settings.max_upload_bytes:  # the disk budget, not the upload limit, was hit
+                if reserved < settings.max_upload_bytes:  # the disk budget, not the upload limit, was hit
                     raise DiskFull("the upload does not fit in what is left of the server's work folder; "
                                    "delete some images first") from None
                 raise
@@ -86,12 +85,12 @@ def image_routes(settings: ServeSettings, store: ImageStore, engine: Engine, pre
             label = Path(filename.replace("\\", "/")).name[:200] or f"upload{suffix}"  # display only
             prepared = await preparing.run(folder, path, label, band_tuple, engine.image_size, settings.display_max,
                                            settings.max_pixels)
+            record = ImageRecord(id=image_id, filename=label, format=fmt, folder=folder, path=path,
+                                 size_bytes=size, bands=band_tuple, **prepared.fields())
+            await asyncio.to_thread(store.add, record)
         except BaseException:
             store.release(image_id)
             raise
-        record = ImageRecord(id=image_id, filename=label, format=fmt, folder=folder, path=path, size_bytes=size,
-                             bands=band_tuple, **prepared.fields())
-        store.add(record)
         return ImageMeta.of(record)
 
     @router.get("/images", tags=["images"], response_model=list[ImageMeta])

@@ -152,29 +152,45 @@ class ImageStore:
         self.max_images = max_images
         self.max_disk_bytes = max_disk_bytes
         self._records: dict[str, ImageRecord] = {}
-        self._reserved: set[str] = set()
+        self._reserved: dict[str, int] = {}  # image id -> bytes its upload may write (held until add/release)
         self._lock = threading.Lock()
 
-    def reserve(self) -> tuple[str, Path]:
-        """A fresh id and its empty folder; raises StoreFull when the store is full."""
+    def reserve(self, upload_bytes: int | None = None, cap: int = 0) -> tuple[str, Path, int]:
+        """A fresh id, its empty folder and the bytes its upload may write, reserved against the disk budget.
+
+        ``upload_bytes`` is the declared size (None: unknown, a chunked body: up to ``cap``, or what is left).
+        Checking and reserving happen under one lock, so two concurrent uploads cannot both pass the check:
+        raises StoreFull (images) or DiskFull (bytes) instead.
+        """
         with self._lock:
             if len(self._records) + len(self._reserved) >= self.max_images:
                 raise StoreFull(f"the server already holds {self.max_images} images; delete some first")
+            left = self.max_disk_bytes - self._usage()
+            if left <= 0:
+                raise self._full()
+            if upload_bytes is not None and upload_bytes > left:
+                raise DiskFull(f"the upload does not fit in the {left / 2**20:.4g} MB left of the server's work "
+                               "folder; delete some images first")
+            granted = min(cap, left) if upload_bytes is None else upload_bytes
             image_id = secrets.token_hex(8)
-            self._reserved.add(image_id)
+            self._reserved[image_id] = granted
         folder = self.root / image_id
         folder.mkdir()
-        return image_id, folder
+        return image_id, folder, granted
 
     def release(self, image_id: str) -> None:
         """Give up a reservation whose upload failed, removing its files."""
-        with self._lock:
-            self._reserved.discard(image_id)
         shutil.rmtree(self.root / image_id, ignore_errors=True)
+        with self._lock:
+            self._reserved.pop(image_id, None)
 
     def add(self, record: ImageRecord) -> None:
+        """Keep a prepared upload; DiskFull if its files (upload, previews, model input) overshoot the budget."""
         with self._lock:
-            self._reserved.discard(record.id)
+            self._reserved.pop(record.id, None)  # its files now count as they are
+            if self._usage() > self.max_disk_bytes:
+                raise DiskFull("the image and its previews do not fit in what is left of the server's work "
+                               "folder; delete some images first")
             self._records[record.id] = record
 
     def get(self, image_id: str) -> ImageRecord:
@@ -197,31 +213,55 @@ class ImageStore:
         shutil.rmtree(record.folder, ignore_errors=True)
 
     def disk_used(self) -> int:
-        """Bytes of every file under the work folder (walked: renders and uploads in progress count)."""
-        total, folders = 0, [self.root]
-        while folders:
-            try:
-                entries = list(os.scandir(folders.pop()))
-            except OSError:  # removed meanwhile (a deleted image)
-                continue
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        folders.append(Path(entry.path))
-                    else:
-                        total += entry.stat(follow_symlinks=False).st_size
-                except OSError:
-                    continue
+        """Bytes of the work folder, counting an upload in progress as at least its reservation."""
+        with self._lock:
+            return self._usage()
+
+    def _usage(self) -> int:  # under self._lock
+        total = 0
+        for entry in _entries(self.root):
+            size = _size(entry)
+            total += max(size, self._reserved.get(entry.name, 0)) if entry.is_dir(follow_symlinks=False) else size
         return total
+
+    def _full(self) -> DiskFull:
+        return DiskFull(f"the server's work folder is at its limit of {self.max_disk_bytes / 2**20:.4g} MB; "
+                        "delete some images first")
 
     def disk_left(self) -> int:
         """Bytes the work folder may still grow; raises DiskFull when none."""
         left = self.max_disk_bytes - self.disk_used()
         if left <= 0:
-            raise DiskFull(f"the server's work folder is at its limit of {self.max_disk_bytes / 2**20:.4g} MB; "
-                           "delete some images first")
+            raise self._full()
         return left
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
         os.close(self._lock_fd)
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    try:
+        return list(os.scandir(folder))
+    except OSError:  # removed meanwhile (a deleted image)
+        return []
+
+
+def _size(entry: os.DirEntry) -> int:
+    """Bytes of a file, or of every file under a folder (walked: renders and uploads in progress count)."""
+    try:
+        if not entry.is_dir(follow_symlinks=False):
+            return entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        return 0
+    total, folders = 0, [entry.path]
+    while folders:
+        for child in _entries(Path(folders.pop())):
+            try:
+                if child.is_dir(follow_symlinks=False):
+                    folders.append(child.path)
+                else:
+                    total += child.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return total
