@@ -10,6 +10,7 @@ weighted sum. It runs on any device and dtype.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -144,6 +145,27 @@ class MSDeformAttn(nn.Module):
         self.attention_weights = nn.Linear(dim, heads * levels * points)
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Deformable-DETR's initialisation (``MSDeformAttn._reset_parameters``, as transformers' Mask2Former).
+
+        Offsets start as a fixed grid: head h samples along the direction at angle 2*pi*h/heads (scaled so
+        its larger coordinate is 1), point p at (p + 1) pixels along it, on every level; attention starts
+        uniform (zero logits); the value and output projections are Xavier-uniform with zero bias.
+        """
+        nn.init.zeros_(self.sampling_offsets.weight)
+        thetas = torch.arange(self.heads, dtype=torch.float32) * (2.0 * math.pi / self.heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.heads, 1, 1, 2)
+        grid = grid.repeat(1, self.levels, self.points, 1)
+        grid *= torch.arange(1, self.points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
 
     def forward(
         self,

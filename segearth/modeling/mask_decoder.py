@@ -86,6 +86,22 @@ class MaskDecoder(nn.Module):
         self.level_embed = nn.Embedding(NUM_LEVELS, d)
         self.mask_embed = MLP([d, d, d, mask_dim])
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Mask2Former's initialisation of the transformer decoder trained from scratch: every matrix of the
+        attention and FFN layers Xavier-uniform, attention input biases zero (``_reset_parameters`` of its
+        Self/Cross/FFN layers). The level embedding (N(0, 1)) and the mask MLP keep PyTorch's default
+        initialisation, as in the original."""
+        layers = (*self.transformer_cross_attention_layers, *self.transformer_self_attention_layers,
+                  *self.transformer_ffn_layers)
+        for layer in layers:
+            for param in layer.parameters():
+                if param.dim() > 1:
+                    nn.init.xavier_uniform_(param)
+            for module in layer.modules():
+                if isinstance(module, nn.MultiheadAttention) and module.in_proj_bias is not None:
+                    nn.init.zeros_(module.in_proj_bias)
+
     def predict_mask(
         self, query: torch.Tensor, mask_features: torch.Tensor, next_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:

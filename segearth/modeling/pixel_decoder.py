@@ -112,6 +112,11 @@ def _conv_gn(cin: int, cout: int, k: int, groups: int, relu: bool) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
+def _convs(*parts: nn.Module) -> list[nn.Conv2d]:
+    """The convolutions inside ``parts``."""
+    return [m for part in parts for m in part.modules() if isinstance(m, nn.Conv2d)]
+
+
 class PixelDecoder(nn.Module):
     """(res2, res3, res4, res5) -> mask features (stride 4) and three multi-scale maps."""
 
@@ -127,6 +132,31 @@ class PixelDecoder(nn.Module):
         self.adapter_1 = _conv_gn(in_channels[0], d, 1, cfg.num_groups, relu=True)
         self.layer_1 = _conv_gn(d, d, 3, cfg.num_groups, relu=True)
         self.mask_features = Conv2d(d, cfg.mask_dim, kernel_size=1)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Mask2Former's initialisation of a pixel decoder trained from scratch (``MSDeformAttnPixelDecoder``).
+
+        Input projections: Xavier-uniform, zero bias. Encoder: Xavier-uniform for every matrix, then each
+        deformable attention's own reset (the sampling-offset grid, see :meth:`MSDeformAttn.reset_parameters`);
+        level embeddings N(0, 1). Lateral/output convolutions: detectron2's ``c2_xavier_fill``
+        (Kaiming-uniform with a=1, zero bias). GroupNorm/LayerNorm keep ones and zeros.
+        """
+        for conv in _convs(self.input_proj):
+            nn.init.xavier_uniform_(conv.weight, gain=1)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+        for param in self.transformer.encoder.parameters():
+            if param.dim() > 1:
+                nn.init.xavier_uniform_(param)
+        for module in self.transformer.modules():
+            if isinstance(module, MSDeformAttn):
+                module.reset_parameters()
+        nn.init.normal_(self.transformer.level_embed)
+        for conv in _convs(self.adapter_1, self.layer_1, self.mask_features):
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
 
     def forward(self, features: tuple[torch.Tensor, ...]) -> PixelDecoderOutput:
         res2, res3, res4, res5 = features

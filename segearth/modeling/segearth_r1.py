@@ -102,6 +102,17 @@ class SegEarthR1(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), persistent=False)
 
+    def init_weights(self) -> None:
+        """Initialise the parts trained from scratch as their reference implementations do (Mask2Former's
+        pixel and mask decoders); call it on a freshly built model only, never before loading a checkpoint.
+
+        The vision encoder and the LLM are left alone (pretrained parts come from their packages; random
+        ones keep their own constructors' initialisation), as are the connector and the D-Projector, whose
+        reference (SegEarth-R1) uses PyTorch's defaults.
+        """
+        self.pixel_decoder.init_weights()
+        self.mask_decoder.init_weights()
+
     def materialize_buffers(self) -> None:
         """Recompute every buffer that is not a weight (after building on the meta device)."""
         dev = self.device

@@ -34,7 +34,9 @@ def build_model(cfg: ModelConfig, seed: int) -> tuple[SegEarthR1, Tokenizer]:
     if cfg.name in preset_names():
         preset = get_preset(cfg.name)
         tokenizer = preset.tokenizer(cfg.tokenizer)
-        return SegEarthR1(preset.config(cfg.image_size, len(tokenizer))), tokenizer
+        model = SegEarthR1(preset.config(cfg.image_size, len(tokenizer)))
+        model.init_weights()  # fresh heads as their references initialise them (never for a checkpoint)
+        return model, tokenizer
     model, tokenizer = load_model_and_tokenizer(Path(cfg.name))
     return model.float(), tokenizer
 
