@@ -46,9 +46,8 @@ _INSTRUCTION = {
     "reasoning": "This is an image <image>, Please doing Reasoning Segmentation "
                  "according to the following instruction:",
 }
-# Assistant turns of the official datasets (training, RefSegRS eval, EarthReason) and RRSIS-D eval.
+# Assistant turns of the official datasets (training, RefSegRS eval, EarthReason).
 ASSISTANT_REFERRING = "\nSure. It is <seg>. "
-ASSISTANT_RRSISD_EVAL = "\nSure."
 ASSISTANT_REASONING = "Sure, It is <seg>. \n<answer>."
 
 
