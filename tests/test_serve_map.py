@@ -79,3 +79,36 @@ def test_raster_without_crs_gets_a_pixel_plane(client):
     assert meta["map"] == {"mode": "pixel", "bounds": [[-120.0, 0.0], [0.0, 200.0]], "flip_y": True,
                            "url": f"/images/{meta['id']}/map.png"}
     assert _map_png(client, meta).shape == (120, 200, 4)
+
+
+def test_answer_raster_overlay_lies_on_the_map_grid_where_the_mask_is(client):
+    meta = _upload(client, "neon_rgb_nodata255.tif")
+    answer = client.post(f"/images/{meta['id']}/ask", json={"questions": ["the trees"]}).json()["answers"][0]
+    assert answer["overlay"] == f"/images/{meta['id']}/answers/1/overlay"
+    r = client.get(answer["overlay"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    overlay = np.asarray(Image.open(io.BytesIO(r.content)))
+    base = _map_png(client, meta)
+    assert overlay.shape == base.shape  # the same grid and bounds as the image on the map
+    assert (overlay[..., 3][base[..., 3] == 0] == 0).all()  # nodata and outside the footprint: transparent
+    with rasterio.MemoryFile(client.get(answer["downloads"]["geotiff"]).content) as mem, mem.open() as m:
+        mask = m.read(1) == 255
+    with rasterio.open(_raster("neon_rgb_nodata255.tif")) as src:
+        valid = src.dataset_mask() > 0
+        rng = np.random.default_rng(0)
+        for wanted in (True, False):
+            rows, cols = np.nonzero((mask == wanted) & valid)
+            assert rows.size, "the random model's answer should have target and background"
+            picks = rng.choice(rows.size, 300)
+            alpha = [overlay[..., 3][_map_pixel(src, meta, overlay.shape[:2], cols[i], rows[i])] for i in picks]
+            assert np.mean((np.array(alpha) == 255) == wanted) > 0.9, wanted
+
+
+def test_answer_overlay_of_a_pixel_plane_image_is_its_preview_grid_mask(client):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (120, 200, 3), np.uint8)).save(buf, "PNG")
+    meta = client.post("/images", content=buf.getvalue(), params={"filename": "p.png"}).json()
+    answer = client.post(f"/images/{meta['id']}/ask", json={"questions": ["the roofs"]}).json()["answers"][0]
+    overlay = client.get(answer["overlay"]).content
+    assert overlay == client.get(answer["downloads"]["png"]).content
+    assert np.asarray(Image.open(io.BytesIO(overlay))).shape == (120, 200, 4)

@@ -3,7 +3,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, answer: null, map: null, imageLayer: null, answerLayer: null, basemap: null };
+const state = { image: null, answer: null, map: null, imageLayer: null, answerLayer: null, maskLayer: null,
+                basemap: null };
+const DOWNLOADS = ["geotiff", "probabilities", "geojson", "gpkg", "png", "preview"];
 
 // ---- API calls: every failure becomes one readable sentence -------------------------------------
 // A server started with --token wants it on every request; the page asks once and keeps it for the
@@ -120,7 +122,7 @@ function toLatLng(coords) {
 
 function newMap() {
   if (state.map) state.map.remove();
-  state.imageLayer = state.answerLayer = state.basemap = null;
+  state.imageLayer = state.answerLayer = state.maskLayer = state.basemap = null;
   const map = L.map("map", {
     crs: geographic() ? L.CRS.EPSG3857 : L.CRS.Simple,
     minZoom: geographic() ? 1 : -6,
@@ -130,6 +132,9 @@ function newMap() {
     worldCopyJump: geographic(),
   });
   if (geographic()) L.control.scale({ imperial: false }).addTo(map);
+  // Bottom to top: basemap tiles, the image, the answer as a raster, the answer's polygons (overlayPane).
+  map.createPane("image").style.zIndex = 350;
+  map.createPane("mask").style.zIndex = 380;
   map.setView([0, 0], geographic() ? 2 : 0);
   map.on("mousemove", showCoordinates);
   map.on("mouseout", () => { $("coords").textContent = "—"; });
@@ -214,7 +219,8 @@ async function selectImage(id) {
     if (view) {
       const bounds = L.latLngBounds(view.bounds);
       const url = await blobUrl(view.url);
-      state.imageLayer = L.imageOverlay(url, bounds, { opacity: Number($("image-opacity").value) }).addTo(state.map);
+      state.imageLayer = L.imageOverlay(url, bounds, { opacity: Number($("image-opacity").value), pane: "image" })
+        .addTo(state.map);
       state.map.fitBounds(bounds);
     }
     for (const answer of await api("/images/" + id + "/answers")) addHistory(answer);
@@ -310,7 +316,8 @@ function popup(answer, properties) {
 async function showAnswer(answer) {
   state.answer = answer;
   if (state.answerLayer) state.answerLayer.remove();
-  state.answerLayer = null;
+  if (state.maskLayer) state.maskLayer.remove();
+  state.answerLayer = state.maskLayer = null;
   for (const li of $("history").children) {
     li.classList.toggle("active", !!answer && Number(li.dataset.number) === answer.number);
   }
@@ -329,8 +336,17 @@ async function showAnswer(answer) {
   if (s.area_m2 !== null) pairs.push(["area", (s.area_m2 / 1e6).toFixed(3) + " km²"]);
   rows($("scores"), pairs);
   try {
-    const collection = await api(answer.downloads.geojson);
+    const view = state.image && state.image.map;
+    const [collection, maskUrl] = await Promise.all([
+      api(answer.downloads.geojson),
+      answer.overlay && view ? blobUrl(answer.overlay) : Promise.resolve(null),
+    ]);
     if (state.answer !== answer) return; // another answer was picked meanwhile
+    if (maskUrl) { // the mask as a raster on the image's own map grid: same bounds, nodata transparent
+      state.maskLayer = L.imageOverlay(maskUrl, L.latLngBounds(view.bounds), {
+        opacity: Number($("mask-opacity").value), pane: "mask", className: "answer-raster",
+      }).addTo(state.map);
+    }
     const opacity = Number($("answer-opacity").value);
     state.answerLayer = L.geoJSON(collection, {
       coordsToLatLng: toLatLng,
@@ -355,6 +371,9 @@ async function start() {
   $("image-opacity").addEventListener("input", () => {
     if (state.imageLayer) state.imageLayer.setOpacity(Number($("image-opacity").value));
   });
+  $("mask-opacity").addEventListener("input", () => {
+    if (state.maskLayer) state.maskLayer.setOpacity(Number($("mask-opacity").value));
+  });
   $("answer-opacity").addEventListener("input", () => {
     const opacity = Number($("answer-opacity").value);
     if (state.answerLayer) state.answerLayer.setStyle({ fillOpacity: opacity, opacity: Math.min(1, opacity + 0.4) });
@@ -362,7 +381,7 @@ async function start() {
   $("basemap").addEventListener("change", applyBasemap);
   $("error-close").addEventListener("click", clearError);
   $("token-form").addEventListener("submit", useToken);
-  for (const fmt of ["geotiff", "geojson", "png"]) {
+  for (const fmt of DOWNLOADS) {
     $("dl-" + fmt).addEventListener("click", (event) => {
       event.preventDefault();
       if (state.answer) download(state.answer.downloads[fmt]).catch((err) => showError(err.message));
