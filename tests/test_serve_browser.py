@@ -217,6 +217,20 @@ def test_upload_ask_map_download(server, browser, tmp_path):
 
     page.fill("#image-opacity", "0.5")
     assert page.eval_on_selector("img.leaflet-image-layer", "i => i.style.opacity") == "0.5"
+    # The answer as a raster too, loaded on the image's grid and bounds, with its own opacity slider.
+    page.wait_for_function("() => { const i = document.querySelector('img.answer-raster');"
+                           " return i && i.complete && i.naturalWidth > 0; }")
+    sizes = page.eval_on_selector_all("img.leaflet-image-layer", "l => l.map(i => [i.naturalWidth, i.naturalHeight])")
+    assert len(sizes) == 2 and sizes[0] == sizes[1]
+    page.fill("#mask-opacity", "0.3")
+    assert page.eval_on_selector("img.answer-raster", "i => i.style.opacity") == "0.3"
+    for fmt, ending in [("gpkg", ".gpkg"), ("probabilities", "_prob.tif")]:
+        with page.expect_download() as info:
+            page.click(f"#dl-{fmt}")
+        assert info.value.suggested_filename.endswith(ending)
+        saved = tmp_path / info.value.suggested_filename
+        info.value.save_as(saved)
+        assert saved.stat().st_size > 1000
     with page.expect_download() as info:
         page.click("#dl-geojson")
     saved = tmp_path / info.value.suggested_filename
