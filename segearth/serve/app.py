@@ -101,7 +101,8 @@ def create_app(predictor: Predictor, model_name: str, settings: ServeSettings | 
 
     app = FastAPI(
         title="segearth serve",
-        summary="Ask questions about your rasters with SegEarth-R1; get masks as GeoTIFF, GeoJSON or PNG.",
+        summary="Ask questions about your rasters with SegEarth-R1; get what `segearth predict` writes (mask and "
+                "probability GeoTIFFs, GeoJSON, GeoPackage, preview) and a PNG mask.",
         version="1",
         lifespan=lifespan,
         # /docs is our own page on the vendored Swagger UI (FastAPI's loads it from a CDN); ReDoc is not
