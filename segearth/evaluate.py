@@ -76,9 +76,9 @@ def load_samples(dataset: str, split: str, data_root: Path, first_question_only:
 
 def group_by_image(samples: Sequence[Sample]) -> list[list[Sample]]:
     """Samples grouped by image file, in first-seen order (each image is then encoded once)."""
-    groups: dict[Path, list[Sample]] = {}
+    groups: dict[str, list[Sample]] = {}
     for sample in samples:
-        groups.setdefault(sample.image_path, []).append(sample)
+        groups.setdefault(sample.image_key, []).append(sample)
     return list(groups.values())
 
 
@@ -220,7 +220,7 @@ def evaluate(
         on_sample: called after each sample (progress bars).
     """
     from .geo.letterbox import letterbox
-    from .metrics import PROTOCOLS, letterbox_mask, score_sample
+    from .metrics import PROTOCOLS, UNKNOWN, letterbox_mask, score_sample
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
@@ -246,17 +246,20 @@ def evaluate(
                 pred = predictor.predict(sample.question)
                 logits = pred.canvas_logits(size) if protocol == "paper" else pred.logits
                 binary = (logits > 0).cpu().numpy()
-                truth = to_grid(mask) == 1
-                score = score_sample(binary, truth)
+                grid_mask = to_grid(mask)
+                truth = grid_mask == 1
+                known = grid_mask != UNKNOWN  # partially labelled scenes: unknown pixels are not scored
+                score = score_sample(binary & known, truth)
                 scores["model"].append(score)
                 baseline_iou = {}
                 for b in baselines:
-                    b_score = score_sample(b.predict(image, sample, to_grid), truth)
+                    b_score = score_sample(b.predict(image, sample, to_grid) & known, truth)
                     scores[b.key].append(b_score)
                     baseline_iou[b.key] = b_score.iou
                 records.append(SampleRecord(sample.id, str(sample.image_path), sample.question, sample.kind,
                                             sample.class_name, score.iou, score.intersection, score.union,
-                                            int(truth.sum()), int(binary.sum()), baseline_iou))
+                                            int(truth.sum()), int((binary & known).sum()), baseline_iou,
+                                            sample.source, sample.phrasing))
                 collector.offer(sample, score.iou, score.union, shown, truth, binary)
                 if on_sample:
                     on_sample(sample)

@@ -38,6 +38,8 @@ PRECISION_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 PAPER_SIZE = 1024
 _IOU_EPS = 1e-5
 _CIOU_EPS = 1e-10
+#: Target value of a pixel whose truth is unknown (partially labelled scenes, weak labels).
+UNKNOWN = 255
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -127,6 +129,17 @@ def score_sample(pred: ArrayLike, target: ArrayLike) -> SampleScore:
         # float32 like the official histc counts, so Pr@ ties resolve the same way.
         iou = float(np.float32(intersection) / (np.float32(union) + np.float32(_IOU_EPS)))
     return SampleScore(iou=iou, intersection=intersection, union=union)
+
+
+def score_known(pred: ArrayLike, target: ArrayLike) -> SampleScore:
+    """:func:`score_sample` over the known pixels only: where ``target`` is :data:`UNKNOWN` the
+    prediction is not counted (neither right nor wrong). Equal to :func:`score_sample` on
+    targets without unknown pixels."""
+    p = _squeeze_to_2d(_as_numpy(pred), "prediction")
+    t = _squeeze_to_2d(_as_numpy(target), "target")
+    if p.shape == t.shape:
+        p = np.where(t == UNKNOWN, False, p != 0) if p.dtype != np.bool_ else p & (t != UNKNOWN)
+    return score_sample(p, t)
 
 
 def summarize(scores: list[SampleScore]) -> dict[str, float]:

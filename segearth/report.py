@@ -44,6 +44,12 @@ def check_outputs(out: Path, overwrite: bool) -> list[Path]:
 # --------------------------------------------------------------------------- results
 
 
+#: Report breakdowns: summary key -> the :class:`SampleRecord` field it groups by.
+BREAKDOWNS = {"by_kind": "kind", "by_class": "class_name", "by_source": "source", "by_phrasing": "phrasing"}
+BREAKDOWN_TITLES = {"by_kind": "question kind", "by_class": "class", "by_source": "source",
+                    "by_phrasing": "phrasing (seen in training / held out)"}
+
+
 @dataclass(frozen=True)
 class SampleRecord:
     """One row of ``samples.csv``: the model's scores and each baseline's IoU."""
@@ -59,6 +65,8 @@ class SampleRecord:
     target_pixels: int
     predicted_pixels: int
     baseline_iou: dict[str, float]
+    source: str | None = None
+    phrasing: str | None = None
 
 
 @dataclass
@@ -77,22 +85,22 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """``{method: {"overall": metrics, "by_kind": {kind: metrics}, "by_class": {class: metrics}}}``."""
+        """``{method: {"overall": metrics, "by_kind": {kind: metrics}, "by_class": …, "by_source": …,
+        "by_phrasing": …}}`` (a breakdown is empty when no sample carries that field)."""
         from .metrics import summarize  # imports torch; see segearth.evaluate
 
         out: dict[str, dict[str, Any]] = {}
         for key, scores in self.scores.items():
-            by_kind: dict[str, list[SampleScore]] = {}
-            by_class: dict[str, list[SampleScore]] = {}
+            groups: dict[str, dict[str, list[SampleScore]]] = {g: {} for g in BREAKDOWNS}
             for record, score in zip(self.records, scores, strict=True):
-                by_kind.setdefault(record.kind, []).append(score)
-                if record.class_name:
-                    by_class.setdefault(record.class_name, []).append(score)
-            out[key] = {
-                "overall": summarize(scores),
-                "by_kind": {k: summarize(v) for k, v in by_kind.items()},
-                "by_class": {k: summarize(v) for k, v in sorted(by_class.items())},
-            }
+                for group, field_name in BREAKDOWNS.items():
+                    label = getattr(record, field_name)
+                    if label:
+                        groups[group].setdefault(label, []).append(score)
+            out[key] = {"overall": summarize(scores)}
+            for group, by_label in groups.items():
+                ordered = by_label.items() if group == "by_kind" else sorted(by_label.items())
+                out[key][group] = {k: summarize(v) for k, v in ordered}
         return out
 
 
@@ -230,7 +238,7 @@ def markdown(result: EvalResult, meta: dict[str, Any]) -> str:
     for key, scores in summary.items():
         row = scores["overall"]
         lines.append(f"| {names[key]} | {int(row['n'])} | " + " | ".join(_pct(row[m]) for m in metric_keys) + " |")
-    for group, title in (("by_kind", "question kind"), ("by_class", "class")):
+    for group, title in BREAKDOWN_TITLES.items():
         labels = list(summary["model"][group])
         if not labels:
             continue
@@ -250,11 +258,11 @@ def markdown(result: EvalResult, meta: dict[str, Any]) -> str:
 
 def _csv_rows(result: EvalResult) -> tuple[list[str], list[list[Any]]]:
     baselines = [k for k in result.method_names if k != "model"]
-    header = ["id", "image", "question", "kind", "class", "iou", "intersection", "union", "target_pixels",
-              "predicted_pixels", *(f"iou_{k}" for k in baselines)]
+    header = ["id", "image", "question", "kind", "class", "source", "phrasing", "iou", "intersection", "union",
+              "target_pixels", "predicted_pixels", *(f"iou_{k}" for k in baselines)]
     rows = [
-        [r.id, r.image, r.question, r.kind, r.class_name or "", f"{r.iou:.6f}", r.intersection, r.union,
-         r.target_pixels, r.predicted_pixels, *(f"{r.baseline_iou[k]:.6f}" for k in baselines)]
+        [r.id, r.image, r.question, r.kind, r.class_name or "", r.source or "", r.phrasing or "", f"{r.iou:.6f}",
+         r.intersection, r.union, r.target_pixels, r.predicted_pixels, *(f"{r.baseline_iou[k]:.6f}" for k in baselines)]
         for r in result.records
     ]
     return header, rows

@@ -87,7 +87,8 @@ def test_augment_is_refused_where_crops_change_the_meaning(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"model": {"name": "small"},
                                     "data": {"name": "rrsisd", "root": str(tmp_path), "augment": True}}))
-    with pytest.raises(ConfigError, match="data.augment: only for landcover; crops and flips change what rrsisd"):
+    message = "data.augment: only for landcover, multisource; crops and flips change what rrsisd"
+    with pytest.raises(ConfigError, match=message):
         load_train_config(path)
     with pytest.raises(ConfigError, match="augment_min_crop"):
         load_train_config(path, ["data.name=landcover", "data.augment_min_crop=0"])

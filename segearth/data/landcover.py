@@ -121,7 +121,7 @@ def split_groups(groups: list[str], seed: int, val_fraction: float) -> set[str]:
     return set(sorted(unique, key=lambda g: _hash_unit(seed, g))[:k])
 
 
-def _class_map(scene: Scene) -> dict[str, np.ndarray]:
+def class_maps(scene: Scene) -> dict[str, np.ndarray]:
     """Boolean ``[H, W]`` mask of every class of the scene's layout, checked against the image size."""
     bands = read_bands(scene.mask_path)
     if scene.layout == "roads":
@@ -145,12 +145,12 @@ def _class_map(scene: Scene) -> dict[str, np.ndarray]:
 
 def class_mask(scene: Scene, class_name: str) -> np.ndarray:
     """Target of ``class_name`` in ``scene`` as ``uint8 [H, W]`` in {0, 1} (all zero if absent)."""
-    return _class_map(scene)[class_name].astype(np.uint8)
+    return class_maps(scene)[class_name].astype(np.uint8)
 
 
 def class_fractions(scene: Scene) -> dict[str, float]:
     """Fraction of the image's pixels in each class of the scene's layout."""
-    return {name: float(m.mean()) for name, m in _class_map(scene).items()}
+    return {name: float(m.mean()) for name, m in class_maps(scene).items()}
 
 
 class LandCover:

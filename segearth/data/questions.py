@@ -1,95 +1,88 @@
-"""Question phrasings for the land-cover reasoning set, one table per class.
+"""The question bank: per class, referring expressions and reasoning questions, some held out.
 
-Each class has explicit referring expressions (the class is named) and implicit reasoning
-questions (the class must be inferred from what it is used for or how it behaves), in the spirit
-of EarthReason. Reasoning questions are written so that, among these five classes, the intended
-class is the natural answer. Add a class by adding one entry to :data:`CLASS_QUESTIONS`.
+The phrasings live in ``question_bank.yaml`` next to this module (data, not code). Each class has
+explicit referring expressions (the class is named), implicit reasoning questions (the class must be
+inferred from what it is used for or how it behaves) and a *held-out* part of both that only
+validation splits draw from, so that validation can tell new wordings from memorised ones.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+BANK_FILE = "question_bank.yaml"
 
 
 @dataclass(frozen=True)
 class ClassQuestions:
-    """The phrasings for one land-cover class.
+    """The phrasings for one class.
 
     Attributes:
-        referring: explicit expressions naming the class.
-        reasoning: implicit questions whose answer is this class.
+        referring: explicit expressions naming the class (training and validation).
+        reasoning: implicit questions whose answer is this class (training and validation).
         answer: reference answer for reasoning questions.
+        heldout_referring, heldout_reasoning: phrasings only validation uses.
     """
 
     referring: tuple[str, ...]
     reasoning: tuple[str, ...]
     answer: str
+    heldout_referring: tuple[str, ...] = ()
+    heldout_reasoning: tuple[str, ...] = ()
+
+    def phrasings(self, kind: str, heldout: bool) -> tuple[str, ...]:
+        """The ``kind`` (``referring``/``reasoning``) phrasings, seen or held-out."""
+        if kind not in ("referring", "reasoning"):
+            raise ValueError(f"phrasing kind must be 'referring' or 'reasoning', got {kind!r}")
+        if heldout:
+            return self.heldout_referring if kind == "referring" else self.heldout_reasoning
+        return self.referring if kind == "referring" else self.reasoning
 
 
-CLASS_QUESTIONS: dict[str, ClassQuestions] = {
-    "building": ClassQuestions(
-        referring=("the buildings", "all buildings in the image", "the rooftops of the buildings"),
-        reasoning=(
-            "Where do people live and work?",
-            "Which structures have roofs that could hold solar panels?",
-            "Where would people shelter from a sandstorm?",
-            "What would a fire brigade be called out to protect?",
-            "Where could someone rent an apartment or an office?",
-            "Which parts of the scene were constructed to be entered by people?",
-            "What would a census taker visit to count households?",
-        ),
-        answer="The buildings.",
-    ),
-    "land": ClassQuestions(
-        referring=("the unpaved land", "all bare, unpaved ground in the image", "the open sandy or earthen areas"),
-        reasoning=(
-            "Where could a new house be built without demolishing anything?",
-            "Which open ground is neither paved, built on, planted nor under water?",
-            "Where would a car kick up dust if it drove across?",
-            "Which parts of the scene would turn to mud after heavy rain?",
-            "Where could a construction crew set up a site without clearing anything first?",
-            "Which areas are still undeveloped bare ground?",
-            "Where could children dig in the sand or soil?",
-        ),
-        answer="The unpaved open land.",
-    ),
-    "road": ClassQuestions(
-        referring=("the roads", "all roads in the image", "the paved streets"),
-        reasoning=(
-            "What would a delivery truck drive on?",
-            "Which surfaces are meant for cars and buses?",
-            "Where would you expect traffic jams at rush hour?",
-            "What connects the neighbourhoods so that vehicles can travel between them?",
-            "Where would lane markings and traffic lights be found?",
-            "Which routes could an ambulance take to reach a house?",
-            "Where would a snowplough have to clear after a snowfall?",
-        ),
-        answer="The roads.",
-    ),
-    "vegetation": ClassQuestions(
-        referring=("the vegetation", "all trees, grass and plants in the image", "the green areas"),
-        reasoning=(
-            "Which surfaces would stay coolest on a summer afternoon?",
-            "Which areas need regular watering to stay alive?",
-            "Where could sheep or goats graze?",
-            "Which areas would a gardener tend?",
-            "Which parts of the scene would turn brown in a drought?",
-            "Where would birds most likely build their nests?",
-            "Which areas produce oxygen through photosynthesis?",
-        ),
-        answer="The vegetation.",
-    ),
-    "water": ClassQuestions(
-        referring=("the water", "all water bodies in the image", "the water surfaces"),
-        reasoning=(
-            "Where could a boat travel?",
-            "Which areas would reflect the sky on a calm day?",
-            "Where could a seaplane land?",
-            "Where would a kayaker paddle?",
-            "Which areas could not be walked across without getting wet?",
-            "Where could someone go fishing?",
-            "Where could a ship drop anchor?",
-        ),
-        answer="The water.",
-    ),
-}
+def _strings(entry: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    values = entry.get(key)
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
+        raise ValueError(f"{BANK_FILE}: {where}.{key} must be a non-empty list of phrasings")
+    return tuple(v.strip() for v in values)
+
+
+def parse_bank(data: Any) -> dict[str, ClassQuestions]:
+    """Validate a loaded bank (see ``question_bank.yaml`` for the layout)."""
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{BANK_FILE}: expected a mapping of class name -> phrasings")
+    bank: dict[str, ClassQuestions] = {}
+    for name, entry in data.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("answer"), str):
+            raise ValueError(f"{BANK_FILE}: class {name!r} needs 'answer', 'referring', 'reasoning' and 'heldout'")
+        unknown = set(entry) - {"answer", "referring", "reasoning", "heldout"}
+        if unknown:
+            raise ValueError(f"{BANK_FILE}: class {name!r} has unknown keys {sorted(unknown)}")
+        heldout = entry.get("heldout") or {}
+        questions = ClassQuestions(
+            referring=_strings(entry, "referring", name),
+            reasoning=_strings(entry, "reasoning", name),
+            answer=entry["answer"],
+            heldout_referring=_strings(heldout, "referring", f"{name}.heldout"),
+            heldout_reasoning=_strings(heldout, "reasoning", f"{name}.heldout"),
+        )
+        seen = {q.lower() for q in questions.referring + questions.reasoning}
+        leaked = [q for q in questions.heldout_referring + questions.heldout_reasoning if q.lower() in seen]
+        if leaked:
+            raise ValueError(f"{BANK_FILE}: class {name!r}: held-out phrasings also seen in training: {leaked}")
+        bank[str(name)] = questions
+    return bank
+
+
+@cache
+def question_bank() -> dict[str, ClassQuestions]:
+    """The packaged bank, parsed and checked once."""
+    text = resources.files("segearth.data").joinpath(BANK_FILE).read_text(encoding="utf-8")
+    return parse_bank(yaml.safe_load(text))
+
+
+CLASS_QUESTIONS: dict[str, ClassQuestions] = question_bank()

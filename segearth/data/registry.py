@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from segearth.data import earthreason, landcover, refsegrs, rrsisd
+from segearth.data import earthreason, landcover, multisource, refsegrs, rrsisd
 from segearth.data.sample import Sample
 
 
@@ -86,4 +86,9 @@ register_dataset(DatasetSpec(
 register_dataset(DatasetSpec(
     "landcover", landcover.LandCover, "reasoning", "questions generated on real Dubai and Massachusetts "
     "land-cover masks", landcover.SPLITS, augment=True, classes=True,
+))
+register_dataset(DatasetSpec(
+    "multisource", multisource.MultiSource, "reasoning", "question-bank questions on real imagery of many "
+    "places and sensors (Dubai, Massachusetts, fAIr drone mosaics, Sentinel-2, NAIP, SpaceNet); val is "
+    "cross-domain", multisource.SPLITS, augment=True, classes=True,
 ))

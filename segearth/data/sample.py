@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 
+from segearth import metrics
 from segearth.data.io import read_rgb
 
 SampleKind = Literal["referring", "reasoning", "absent"]
@@ -17,6 +18,10 @@ SAMPLE_KINDS: tuple[str, ...] = ("referring", "reasoning", "absent")
 #: Answer the official EarthReason loader substitutes for an empty answer list;
 #: reused for every sample whose target is empty.
 NO_TARGET_ANSWER = "There is no target object in the image."
+
+#: Mask value of a pixel whose truth is unknown (e.g. outside every OpenStreetMap polygon of a
+#: partially labelled scene): training and scoring leave it out; it is never target nor background.
+UNKNOWN = metrics.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,13 @@ class Sample:
             with values in {0, 1}, at the image's real size.
         class_name: semantic class of the target when the dataset has one
             (land-cover class, RRSIS-D category), else ``None``.
+        image_loader: zero-argument callable returning the image as ``uint8 [H, W, 3]``, for
+            images that are not a whole file (a window of a raster, a band combination); ``None``
+            reads ``image_path``.
+        image_id: identifies the image when several differ in ``image_path`` only by window or
+            bands (caches and per-image grouping use :attr:`image_key`).
+        source: where the sample comes from (``"fair_buildings/kampala"``), for breakdowns.
+        phrasing: ``"seen"`` or ``"heldout"`` when the question comes from the question bank.
     """
 
     id: str
@@ -45,6 +57,15 @@ class Sample:
     answer: str | None
     mask_loader: Callable[[], np.ndarray] = field(repr=False, compare=False)
     class_name: str | None = None
+    image_loader: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    image_id: str | None = None
+    source: str | None = None
+    phrasing: str | None = None
+
+    @property
+    def image_key(self) -> str:
+        """One string per distinct image (samples sharing it are encoded once)."""
+        return self.image_id or str(self.image_path)
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLE_KINDS:
@@ -52,10 +73,10 @@ class Sample:
 
     def load_image(self) -> np.ndarray:
         """The image as ``uint8 [H, W, 3]`` RGB."""
-        return read_rgb(self.image_path)
+        return self.image_loader() if self.image_loader is not None else read_rgb(self.image_path)
 
     def load_mask(self) -> np.ndarray:
-        """The binary target as ``uint8 [H, W]`` in {0, 1}."""
+        """The target as ``uint8 [H, W]``: 1 target, 0 background, :data:`UNKNOWN` unknown."""
         mask = self.mask_loader()
         if mask.ndim != 2 or mask.dtype != np.uint8:
             raise ValueError(

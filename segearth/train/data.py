@@ -51,7 +51,7 @@ class LetterboxedDataset(Dataset):
             return prepare_example(self.samples[index], index, self.size)
         if index not in self._examples:
             sample = self.samples[index]
-            key = str(sample.image_path)
+            key = sample.image_key
             if key in self._images:
                 # Same image, new question: reuse the canvas, decode only the mask.
                 base = self._images[key]

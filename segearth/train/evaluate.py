@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from ..metrics import SampleScore, score_sample, summarize
+from ..metrics import SampleScore, score_known, summarize
 from .collate import Collator
 from .data import LetterboxedDataset
 
@@ -67,7 +67,7 @@ def evaluate(accelerator, module: torch.nn.Module, dataset: LetterboxedDataset, 
         for row, (pos, ex) in enumerate(zip(chunk, examples, strict=True)):
             if pos >= n:
                 continue
-            score = score_sample(pred_np[row], ex.mask)
+            score = score_known(pred_np[row], ex.mask)
             records.append((pos, score))
             if pos < num_vis:
                 visuals.append(Visual(pos, ex.question, _shrink(ex.image), _shrink(ex.mask == 1),

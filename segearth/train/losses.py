@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import LossConfig
+from ..metrics import UNKNOWN
 from ..modeling.prompt import IGNORE_INDEX
 
 
@@ -38,15 +39,27 @@ def sample_uncertain_points(
     return chosen
 
 
-def sigmoid_bce(point_logits: torch.Tensor, point_targets: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """Mean BCE over points, summed over masks, / num_masks. Inputs [N, P]."""
+def sigmoid_bce(point_logits: torch.Tensor, point_targets: torch.Tensor, num_masks: float,
+                known: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean BCE over points, summed over masks, / num_masks. Inputs [N, P].
+
+    ``known`` [N, P] weights the points (0 where the target is unknown): the mean is then over the
+    known points of each mask, and a mask with none contributes 0.
+    """
     loss = F.binary_cross_entropy_with_logits(point_logits, point_targets, reduction="none")
-    return loss.mean(1).sum() / num_masks
+    if known is None:
+        return loss.mean(1).sum() / num_masks
+    return ((loss * known).sum(1) / known.sum(1).clamp_min(1.0)).sum() / num_masks
 
 
-def dice(point_logits: torch.Tensor, point_targets: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1) per mask, summed, / num_masks. Inputs [N, P]."""
+def dice(point_logits: torch.Tensor, point_targets: torch.Tensor, num_masks: float,
+         known: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1) per mask, summed, / num_masks. Inputs [N, P].
+
+    ``known`` [N, P] leaves unknown points out of every sum."""
     probs = point_logits.sigmoid()
+    if known is not None:
+        probs, point_targets = probs * known, point_targets * known
     numerator = 2 * (probs * point_targets).sum(-1)
     denominator = probs.sum(-1) + point_targets.sum(-1)
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
@@ -64,7 +77,9 @@ def mask_loss_terms(
 
     Args:
         layer_logits: mask logits [N, 1, h, w] of the raw query and each layer (last = final).
-        targets: binary targets [N, 1, H, W] at the input resolution.
+        targets: targets [N, 1, H, W] at the input resolution: 1 target, 0 background and
+            :data:`~segearth.metrics.UNKNOWN` where the truth is unknown (left out of both terms;
+            without unknown pixels the terms are exactly the official ones).
         point_coords: optional fixed points per criterion call (call 0 = final, call c = aux c-1);
             otherwise they are importance-sampled.
         num_masks: normaliser (the official code all-reduces the target count over processes).
@@ -72,6 +87,10 @@ def mask_loss_terms(
         ``loss_mask``/``loss_dice`` for the final layer and ``loss_mask_{i}``/``loss_dice_{i}`` for aux i.
     """
     targets = targets.to(layer_logits[-1].dtype)
+    known_map = None
+    if bool((targets == UNKNOWN).any()):
+        known_map = (targets != UNKNOWN).to(targets.dtype)
+        targets = targets * known_map
     num_masks = float(num_masks if num_masks is not None else max(targets.shape[0], 1))
     order = [layer_logits[-1]] + list(layer_logits[:-1])
     names = [""] + [f"_{i}" for i in range(len(layer_logits) - 1)]
@@ -81,8 +100,10 @@ def mask_loss_terms(
         points = points.to(device=logits.device, dtype=logits.dtype)
         point_logits = point_sample(logits, points)[:, 0]
         point_targets = point_sample(targets, points)[:, 0]
-        terms[f"loss_mask{suffix}"] = sigmoid_bce(point_logits, point_targets, num_masks)
-        terms[f"loss_dice{suffix}"] = dice(point_logits, point_targets, num_masks)
+        # A point next to an unknown pixel interpolates towards it: only wholly known points count.
+        known = None if known_map is None else (point_sample(known_map, points)[:, 0] > 0.999).to(point_logits.dtype)
+        terms[f"loss_mask{suffix}"] = sigmoid_bce(point_logits, point_targets, num_masks, known)
+        terms[f"loss_dice{suffix}"] = dice(point_logits, point_targets, num_masks, known)
     return terms
 
 

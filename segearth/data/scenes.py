@@ -1,0 +1,163 @@
+"""Labelled scenes: the one record every multi-source reader yields, and the questions drawn on it.
+
+A :class:`LabelledScene` is an image (a file, or a window / band combination of a raster) with one
+``uint8`` label map per class it labels: 1 = the class, 0 = not the class, :data:`UNKNOWN` = not
+known (outside every polygon of a partial map, between a road centreline and the surely-off-road
+distance, a spectral index between its thresholds). :func:`scene_questions` turns a scene into
+:class:`~segearth.data.sample.Sample` records with phrasings from the question bank.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from segearth.data.questions import CLASS_QUESTIONS
+from segearth.data.sample import NO_TARGET_ANSWER, UNKNOWN, Sample
+from segearth.geo.read import Stretch, compute_stretch, read_window
+
+LabelMaps = dict[str, np.ndarray]
+#: A complete class with no pixel is "absent" only if almost every pixel is known (Dubai leaves a
+#: few unlabelled pixels; a scene mostly unknown cannot say what is absent).
+MIN_KNOWN_FOR_ABSENT = 0.95
+
+
+@dataclass(frozen=True)
+class LabelledScene:
+    """One image with per-class label maps.
+
+    Attributes:
+        id: unique and stable, e.g. ``"sentinel2_brandenburg/r0c1/irrg"``.
+        source: the source's name (breakdowns, weights), e.g. ``"fair_buildings"``.
+        place: the unit of the train/validation split: scenes of one place never straddle it.
+        image_path: the file the image comes from.
+        image: zero-argument callable returning ``uint8 [H, W, 3]`` RGB.
+        labels: zero-argument callable returning ``{class: uint8 [H, W]}`` for every class in
+            ``classes``, values in {0, 1, UNKNOWN}.
+        complete: classes labelled on every pixel, so that "no pixel" means absent (only those get
+            absent-class questions).
+        weak: classes whose labels come from a spectral index, not from people (model card).
+    """
+
+    id: str
+    source: str
+    place: str
+    image_path: Path
+    image: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    labels: Callable[[], LabelMaps] = field(repr=False, compare=False)
+    classes: tuple[str, ...] = ()
+    complete: tuple[str, ...] = ()
+    weak: tuple[str, ...] = ()
+
+
+@lru_cache(maxsize=4)
+def _labels(scene: LabelledScene) -> LabelMaps:
+    labels = scene.labels()
+    missing = set(scene.classes) - set(labels)
+    if missing:
+        raise ValueError(f"scene {scene.id}: its reader returned no label map for {sorted(missing)}")
+    return labels
+
+
+def class_target(scene: LabelledScene, class_name: str) -> np.ndarray:
+    """The label map of ``class_name`` (all zero for a complete class the reader did not return)."""
+    return _labels(scene)[class_name]
+
+
+def coverage(labels: LabelMaps) -> dict[str, float]:
+    """Fraction of each class's *known* pixels that are the class (0 when none is known)."""
+    out = {}
+    for name, m in labels.items():
+        known = int(np.count_nonzero(m != UNKNOWN))
+        out[name] = int(np.count_nonzero(m == 1)) / known if known else 0.0
+    return out
+
+
+def scene_questions(scene: LabelledScene, *, seed: int, heldout: bool | None, reasoning_per_class: int,
+                    min_fraction: float, min_known: float = 0.05) -> list[Sample]:
+    """The questions of one scene.
+
+    Every class covering at least ``min_fraction`` of its known pixels (and known on at least
+    ``min_known`` of the image) gets one referring expression and ``reasoning_per_class`` reasoning
+    questions; every *complete* class with no pixel at all gets one absent question (empty target).
+    ``heldout``: False draws seen phrasings (training), True held-out ones, None both — every
+    question twice, once seen and once held-out (validation, to compare the two).
+    """
+    labels = _labels(scene)
+    rng = random.Random(f"{seed}:{scene.id}")
+    variants = (False, True) if heldout is None else (heldout,)
+    samples: list[Sample] = []
+    for name, fraction in coverage(labels).items():
+        table = CLASS_QUESTIONS[name]
+        known = float(np.count_nonzero(labels[name] != UNKNOWN)) / labels[name].size
+        for held in variants:
+            phrasing = "heldout" if held else "seen"
+            make = partial(_sample, scene, name, phrasing)
+            referring, reasoning = table.phrasings("referring", held), table.phrasings("reasoning", held)
+            if fraction >= min_fraction and known >= min_known:
+                samples.append(make("referring", 0, rng.choice(referring), None))
+                for k, q in enumerate(rng.sample(reasoning, min(reasoning_per_class, len(reasoning)))):
+                    samples.append(make("reasoning", k, q, table.answer))
+            elif fraction == 0 and name in scene.complete and known >= MIN_KNOWN_FOR_ABSENT:
+                samples.append(make("absent", 0, rng.choice(referring + reasoning), NO_TARGET_ANSWER))
+    return samples
+
+
+def _sample(scene: LabelledScene, class_name: str, phrasing: str, kind: str, k: int, question: str,
+            answer: str | None) -> Sample:
+    return Sample(
+        id=f"{scene.id}#{class_name}/{kind}{k}/{phrasing}",
+        image_path=scene.image_path,
+        question=question,
+        kind=kind,  # type: ignore[arg-type]  # one of the SampleKind literals by construction
+        answer=answer,
+        mask_loader=partial(class_target, scene, class_name),
+        class_name=class_name,
+        image_loader=scene.image,
+        image_id=scene.id,
+        source=scene.source,
+        phrasing=phrasing,
+    )
+
+
+@lru_cache(maxsize=16)
+def _stretch(path: str, bands: tuple[int, int, int]) -> Stretch:
+    return compute_stretch(path, bands)
+
+
+def render(path: Path, bands: tuple[int, int, int], window: Window | None = None) -> np.ndarray:
+    """``bands`` of a raster as uint8 RGB, with the raster-wide percentile stretch ``predict`` applies."""
+    stretch = _stretch(str(path), bands)
+    if window is None:
+        with rasterio.open(path) as ds:
+            window = Window(0, 0, ds.width, ds.height)
+    return read_window(path, window, stretch).image
+
+
+def index_labels(index: np.ndarray, positive: float, negative: float, greater: bool = True) -> np.ndarray:
+    """A weak label from a spectral index: 1 beyond ``positive``, 0 beyond ``negative``, else unknown.
+
+    ``greater``: the class has high index values (NDWI for water, NDVI for vegetation).
+    """
+    out = np.full(index.shape, UNKNOWN, np.uint8)
+    if greater:
+        out[index > positive] = 1
+        out[index < negative] = 0
+    else:
+        out[index < positive] = 1
+        out[index > negative] = 0
+    return out
+
+
+def normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(a - b) / (a + b)`` in float32, 0 where both are 0."""
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    total = a + b
+    return np.divide(a - b, total, out=np.zeros_like(total), where=total != 0)
