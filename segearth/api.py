@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from .geo.read import DEFAULT_MAX_PIXELS, RasterInfo
 from .modeling.prompt import Task as PromptTask
 from .options import DType, Mode, Quantize, Task, choice
 from .pipeline import RunOptions, run_raster
-from .predictor import Predictor, Scores, sigmoid
+from .predictor import ImagePredictor, Predictor, Scores, sigmoid
 
 MAX_RESULT_PIXELS = 200_000_000  # 800 MB of float32 logits per answer
 
@@ -170,12 +170,40 @@ class Result:
 class SegEarth:
     """A loaded model. :meth:`predict` takes a raster path/URL or an RGB array and one or more questions."""
 
-    def __init__(self, predictor: Predictor, name: str) -> None:
+    def __init__(self, predictor: ImagePredictor, name: str) -> None:
         self.predictor = predictor
         self.name = name
 
     def __repr__(self) -> str:
         return f"SegEarth({self.name!r}, image_size={self.predictor.image_size})"
+
+    @overload
+    def predict(
+        self,
+        image: str | Path | np.ndarray,
+        question: str,
+        *,
+        mode: str = "scene",
+        bands: tuple[int, ...] | None = None,
+        tile_size: int | None = None,
+        overlap: int = 128,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_result_pixels: int = MAX_RESULT_PIXELS,
+    ) -> Result: ...
+
+    @overload
+    def predict(
+        self,
+        image: str | Path | np.ndarray,
+        question: list[str],
+        *,
+        mode: str = "scene",
+        bands: tuple[int, ...] | None = None,
+        tile_size: int | None = None,
+        overlap: int = 128,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_result_pixels: int = MAX_RESULT_PIXELS,
+    ) -> list[Result]: ...
 
     def predict(
         self,

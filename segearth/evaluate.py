@@ -51,7 +51,7 @@ from .report import CaseCollector, EvalResult, SampleRecord, check_outputs, prin
 if TYPE_CHECKING:
     from .data import Sample
     from .metrics import SampleScore
-    from .predictor import Predictor
+    from .predictor import ImagePredictor
 
 DEFAULT_OUT = Path("segearth-eval")
 #: The registered dataset names as the choices of ``--dataset`` (shown in ``--help``, checked by typer).
@@ -203,7 +203,7 @@ def standard_baselines(protocol: str, size: int, prior: ColourPrior | None = Non
 
 
 def evaluate(
-    predictor: Predictor,
+    predictor: ImagePredictor,
     samples: Sequence[Sample],
     protocol: str = "paper",
     *,

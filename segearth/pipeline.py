@@ -44,7 +44,7 @@ from .geo.tiles import LogitStitcher, plan_tiles, upsample_blocks
 from .options import Mode, choice
 
 if TYPE_CHECKING:  # the server's upload workers read scenes here without loading torch
-    from .predictor import Predictor
+    from .predictor import ImagePredictor
 
 Blocks = Iterator[tuple[Window, np.ndarray]]
 NATIVE_SCENE_PIXELS = 4096 * 4096  # scene mode reads rasters up to this size at full resolution
@@ -157,7 +157,7 @@ def read_scene(source: str | Path, info: RasterInfo, stretch: Stretch, model_siz
 
 
 def run_raster(
-    predictor: Predictor,
+    predictor: ImagePredictor,
     source: str | Path,
     questions: list[str],
     opts: RunOptions | None = None,

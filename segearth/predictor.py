@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -96,6 +97,18 @@ class Prediction:
             self.low_res_logits[None, None], size=(size, size), mode="bilinear", align_corners=False
         )
         return up[0, 0]
+
+
+class ImagePredictor(Protocol):
+    """What the raster pipeline, the evaluation and :class:`~segearth.api.SegEarth` ask of a predictor
+    (:class:`Predictor`, or a test stub): encode one image, then answer questions about it."""
+
+    @property
+    def image_size(self) -> int: ...
+
+    def set_image(self, image: np.ndarray) -> None: ...
+
+    def predict(self, question: str) -> Prediction: ...
 
 
 class Predictor:

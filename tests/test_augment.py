@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +55,17 @@ def test_turns_and_flips_move_image_and_mask_together():
     assert np.array_equal(turned_image, np.rot90(plain_image)[:, ::-1])
 
 
+def constant(mask: np.ndarray) -> Callable[[], np.ndarray]:
+    return lambda: mask
+
+
 def scene_samples(root: Path, n: int = 3) -> list[Sample]:
     samples = []
     for i in range(n):
         image, mask = blocks_scene(200 + 40 * i, 260)
         path = root / f"scene{i}.png"
         Image.fromarray(image).save(path)
-        samples.append(Sample(f"s{i}", path, "the red blocks", "referring", None, lambda m=mask: m, "red"))
+        samples.append(Sample(f"s{i}", path, "the red blocks", "referring", None, constant(mask), "red"))
     return samples
 
 

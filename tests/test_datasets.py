@@ -272,6 +272,7 @@ def test_landcover_kinds_and_absent_targets(synthetic_dubai: Path) -> None:
     ds = LandCover(synthetic_dubai, reasoning_per_class=4)
     by_class: dict[str, list[str]] = {}
     for s in ds:
+        assert s.class_name is not None
         by_class.setdefault(s.class_name, []).append(s.kind)
     assert by_class == {
         "land": ["referring"] + ["reasoning"] * 4,

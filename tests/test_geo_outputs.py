@@ -249,6 +249,7 @@ def _all_coordinates(geometry: dict) -> list[float]:
             for item in c:
                 walk(item)
         else:
+            assert isinstance(c, (int, float)), c
             flat.append(c)
 
     walk(geometry["coordinates"])

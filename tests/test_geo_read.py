@@ -17,6 +17,7 @@ from rasterio.windows import Window
 from segearth.geo.read import (
     DEFAULT_MAX_PIXELS,
     RasterInputError,
+    Stretch,
     compute_stretch,
     letterbox,
     open_raster,
@@ -44,6 +45,11 @@ REAL = {
 }
 
 
+def stretch_range(stretch: Stretch) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The per-band (low, high) of a percentile stretch (None only when the values are just clipped)."""
+    assert stretch.low is not None and stretch.high is not None
+    return stretch.low, stretch.high
+
 def make_raster(path: Path, data: np.ndarray, nodata: float | None = None, crs: str | None = "EPSG:32631") -> Path:
     """Write a small (bands, h, w) GeoTIFF with a real projected CRS."""
     count, height, width = data.shape
@@ -61,7 +67,7 @@ def test_every_real_raster_reads_as_rgb(name: str) -> None:
     width, height, count, dtype, epsg = REAL[name]
     info = open_raster(GEOTIFF / name)
     assert (info.width, info.height, info.count, info.dtypes[0]) == (width, height, count, dtype)
-    assert info.crs.to_epsg() == epsg and info.has_georeference
+    assert info.crs is not None and info.crs.to_epsg() == epsg and info.has_georeference
     scene = read_overview(GEOTIFF / name, 512)
     assert scene.image.dtype == np.uint8 and scene.image.shape[2] == 3
     assert max(scene.image.shape[:2]) == min(512, max(width, height))
@@ -108,7 +114,8 @@ def test_band_selection_and_bad_index() -> None:
 def test_real_nodata_excluded_from_statistics_and_valid_mask() -> None:
     path = GEOTIFF / "landsat_int16_nodata_epsg4326.tif"
     stretch = compute_stretch(path)
-    assert 200 <= stretch.low[0] < stretch.high[0] <= 4429  # the valid range, -9999 never counted
+    low, high = stretch_range(stretch)
+    assert 200 <= low[0] < high[0] <= 4429  # the valid range, -9999 never counted
     with rasterio.open(path) as src:
         truth = src.read(1) != -9999
     assert np.array_equal(read_valid_mask(path), truth)
@@ -131,14 +138,15 @@ def test_synthetic_nodata_nan_and_two_bands(tmp_path: Path) -> None:
     path = make_raster(tmp_path / "two.tif", data, nodata=-9999)
     scene = read_overview(path, 64)
     assert any("band 1 replicated" in n and "band 2 ignored" in n for n in scene.notices)
-    assert scene.stretch.low[0] >= 100 and scene.stretch.high[0] <= 200
+    low, high = stretch_range(scene.stretch)
+    assert low[0] >= 100 and high[0] <= 200
     assert scene.valid[:, :30].all() and not scene.valid[:, 30:].any()
 
     floats = np.random.default_rng(0).random((3, 20, 20)).astype(np.float32)
     floats[:, 5, 5] = np.nan
     scene = read_overview(make_raster(tmp_path / "nan.tif", floats), 64)
     assert not scene.valid[5, 5] and scene.valid.sum() == 399
-    assert np.isfinite(scene.stretch.low).all()
+    assert np.isfinite(stretch_range(scene.stretch)[0]).all()
 
 
 def test_window_uses_raster_wide_statistics(tmp_path: Path) -> None:
@@ -167,7 +175,9 @@ def test_overview_never_reads_the_full_array(tmp_path: Path, monkeypatch: pytest
     original_read = DatasetReader.read
 
     def spy(self: DatasetReader, *args: object, **kwargs: object) -> np.ndarray:
-        shapes.append(kwargs.get("out_shape"))
+        out_shape = kwargs.get("out_shape")
+        assert out_shape is None or isinstance(out_shape, tuple)
+        shapes.append(out_shape)
         return original_read(self, *args, **kwargs)
 
     monkeypatch.setattr(DatasetReader, "read", spy)

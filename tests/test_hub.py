@@ -69,6 +69,7 @@ class FakeHub:
             repo, files = "/".join(parts[2:4]), self.repos.get("/".join(parts[2:4]))
             if files is None:
                 return self._send(req, 404, b"{}", {"X-Error-Code": "RepoNotFound"}, body)
+            data: dict[str, object] | list[dict[str, object]]
             if parts[4] == "revision":
                 data = {"id": repo, "sha": SHA, "siblings": [{"rfilename": f} for f in files]}
             else:  # tree

@@ -8,6 +8,7 @@ import torch
 
 from segearth.config import small_config
 from segearth.modeling.deform_attn import MSDeformAttn
+from segearth.modeling.mask_decoder import CrossAttentionLayer
 from segearth.modeling.segearth_r1 import SegEarthR1
 
 
@@ -54,4 +55,6 @@ def test_init_weights_is_deterministic_under_a_seed_and_touches_only_the_heads()
     assert "pixel_decoder.transformer.level_embed" in changed
     assert "pixel_decoder.transformer.encoder.layers.0.self_attn.sampling_offsets.bias" in changed
     assert "mask_decoder.transformer_self_attention_layers.0.self_attn.in_proj_weight" in changed
-    assert not model.mask_decoder.transformer_cross_attention_layers[0].multihead_attn.in_proj_bias.any()
+    cross = model.mask_decoder.transformer_cross_attention_layers[0]
+    assert isinstance(cross, CrossAttentionLayer) and cross.multihead_attn.in_proj_bias is not None
+    assert not cross.multihead_attn.in_proj_bias.any()

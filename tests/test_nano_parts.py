@@ -18,6 +18,8 @@ from segearth.modeling.efficientnet import (
     PIXEL_MEAN,
     PIXEL_STD,
     EfficientNetLiteEncoder,
+    MBConv,
+    SameConv2d,
     convert_state_dict,
     load_pretrained_efficientnet,
     map_key,
@@ -54,6 +56,23 @@ def _aerial(size: int = 256) -> torch.Tensor:
 # ---------------------------------------------------------------- EfficientNet-Lite
 
 
+def _stages(enc: EfficientNetLiteEncoder) -> list[torch.nn.Sequential]:
+    stages = list(enc.stages)
+    assert all(isinstance(stage, torch.nn.Sequential) for stage in stages)
+    return [stage for stage in stages if isinstance(stage, torch.nn.Sequential)]
+
+
+def _stem(enc: EfficientNetLiteEncoder) -> tuple[SameConv2d, torch.nn.BatchNorm2d]:
+    conv, bn = enc.stem[0], enc.stem[1]
+    assert isinstance(conv, SameConv2d) and isinstance(bn, torch.nn.BatchNorm2d)
+    return conv, bn
+
+
+def _running_stats(bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats
+    return bn.running_mean, bn.running_var
+
+
 @pytest.mark.parametrize(
     "variant, channels", [("lite0", (24, 40, 112, 320)), ("lite1", (24, 40, 112, 320)), ("lite2", (24, 48, 120, 352))]
 )
@@ -76,7 +95,7 @@ def test_rejects_size_not_divisible_by_32() -> None:
 
 def test_key_mapping() -> None:
     enc = EfficientNetLiteEncoder("lite0")
-    b2s = [(s, j) for s, stage in enumerate(enc.stages) for j in range(len(stage))]
+    b2s = [(s, j) for s, stage in enumerate(_stages(enc)) for j in range(len(stage))]
     assert map_key("_conv_stem.weight", b2s) == "stem.0.weight"
     assert map_key("_bn0.running_var", b2s) == "stem.1.running_var"
     assert map_key("_blocks.0._depthwise_conv.weight", b2s) == "stages.0.0.depthwise.0.weight"
@@ -110,17 +129,22 @@ def test_pretrained_weights_load_completely_with_real_bn_stats(lite0: EfficientN
     bns = [m for m in lite0.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 49  # stem + 15 expanding blocks x 3 + first block x 2 + head
     for bn in bns:  # freshly initialised stats would be exactly 0 / 1
-        assert bn.running_mean.abs().max() > 1e-3
-        assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+        running_mean, running_var = _running_stats(bn)
+        assert running_mean.abs().max() > 1e-3
+        assert not torch.allclose(running_var, torch.ones_like(running_var))
     # The head/classifier can be left out: the same file still loads strictly.
     enc = load_pretrained_efficientnet(EfficientNetLiteEncoder("lite0"), "lite0")
-    assert torch.equal(enc.stem[0].weight, lite0.stem[0].weight)
+    assert torch.equal(_stem(enc)[0].weight, _stem(lite0)[0].weight)
 
 
 @pytest.mark.parametrize("variant", ["lite1", "lite2"])
 def test_other_variants_load(variant: str) -> None:
     enc = EfficientNetLiteEncoder(variant, pretrained=True)
-    assert enc.stages[-1][-1].project[1].running_var.mean() != 1.0
+    last = _stages(enc)[-1][-1]
+    assert isinstance(last, MBConv)
+    bn = last.project[1]
+    assert isinstance(bn, torch.nn.BatchNorm2d)
+    assert _running_stats(bn)[1].mean() != 1.0
 
 
 def test_normalisation_matches_the_weights(lite0: EfficientNetLiteEncoder) -> None:
@@ -130,9 +154,9 @@ def test_normalisation_matches_the_weights(lite0: EfficientNetLiteEncoder) -> No
 
     def log_var_error(mean, std) -> float:
         with torch.no_grad():
-            y = lite0.stem[0](_normalise(image, mean, std))
-        bn = lite0.stem[1]
-        return (y.var(dim=(0, 2, 3)).clamp_min(1e-6) / bn.running_var.clamp_min(1e-6)).log().abs().median().item()
+            y = _stem(lite0)[0](_normalise(image, mean, std))
+        running_var = _running_stats(_stem(lite0)[1])[1]
+        return (y.var(dim=(0, 2, 3)).clamp_min(1e-6) / running_var.clamp_min(1e-6)).log().abs().median().item()
 
     ours = log_var_error(PIXEL_MEAN, PIXEL_STD)
     imagenet = log_var_error((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
@@ -190,10 +214,12 @@ def test_seg_token_has_id_and_embedding_row(minilm) -> None:
 
 
 def test_interface_parity_with_phi() -> None:
-    from segearth.config import small_config
+    from segearth.config import PhiConfig, small_config
     from segearth.modeling.llm import PhiLanguageModel
 
-    phi = PhiLanguageModel(small_config().llm)
+    phi_config = small_config().llm
+    assert isinstance(phi_config, PhiConfig)
+    phi = PhiLanguageModel(phi_config)
     bert = MiniLMLanguageModel(TINY_BERT)
     for name in ("embed", "forward", "logits", "reset_rotary"):
         assert list(inspect.signature(getattr(bert, name)).parameters) == list(
@@ -243,4 +269,4 @@ def test_meta_construction_then_reset_buffers() -> None:
 def test_cache_is_refused() -> None:
     bert = MiniLMLanguageModel(TINY_BERT)
     with pytest.raises(NotImplementedError, match="cache"):
-        bert(torch.randn(1, 3, 32), cache=object())  # type: ignore[arg-type]
+        bert(torch.randn(1, 3, 32), cache=object())

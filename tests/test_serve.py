@@ -12,6 +12,7 @@ import pytest
 import rasterio
 import torch
 import typer
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -224,7 +225,9 @@ def test_store_limit_gives_409(make_client):
 def _block_model(client: TestClient) -> threading.Event:
     """Occupy the model thread until the returned event is set."""
     release = threading.Event()
-    client.app.state.engine.queue.submit(lambda: release.wait(30))
+    app = client.app
+    assert isinstance(app, FastAPI)
+    app.state.engine.queue.submit(lambda: release.wait(30))
     return release
 
 

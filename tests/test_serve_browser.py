@@ -30,12 +30,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 try:
     from playwright.sync_api import expect, sync_playwright
+
+    HAVE_PLAYWRIGHT = True
 except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
+    HAVE_PLAYWRIGHT = False
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed (run ci-serve-setup.sh)"),
+    pytest.mark.skipif(not HAVE_PLAYWRIGHT, reason="playwright is not installed (run ci-serve-setup.sh)"),
     pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing (run ci-serve-setup.sh)"),
 ]
 

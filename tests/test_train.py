@@ -52,7 +52,7 @@ def synthetic_roads(root: Path, n: int = 8) -> Path:
 
 
 def write_config(path: Path, data_root: Path, output_dir: Path, **sections) -> Path:
-    cfg = {
+    cfg: dict[str, dict[str, object]] = {
         "model": {"name": "small", "image_size": 128},
         "data": {"name": "landcover", "root": str(data_root), "val_split": None, "cache": True},
         "optim": {"lr": 1e-3, "batch_size": 2, "max_steps": 6, "num_points": 512},

@@ -28,7 +28,7 @@ Massachusetts images) with the same questions. Questions come from the question 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import cached_property, partial
 from itertools import zip_longest
@@ -150,6 +150,9 @@ class MultiSource:
 
     def __getitem__(self, index: int) -> Sample:
         return self.samples[index]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
 
 
 def _repeat(sample: Sample, r: int) -> Sample:
