@@ -14,7 +14,6 @@ code that caught those before keeps working.
 from __future__ import annotations
 
 import traceback
-from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -45,43 +44,17 @@ class UnsupportedError(ConfigError):
 
 FILE_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, FileExistsError, PermissionError)
 
-# What a command catches and hands to :func:`exit_with_user_error`, which sorts it. ValueError is
-# still caught because the modules listed in _LEGACY_MODULES raise plain ValueErrors for user errors;
-# a plain ValueError raised anywhere else is reported as a bug.
-USER_ERRORS: tuple[type[Exception], ...] = (SegEarthError, *FILE_ERRORS, ValueError)
-
-# Modules not yet moved to the project's classes (their plain ValueErrors are user errors for now).
-_PACKAGE = Path(__file__).resolve().parent
-_LEGACY_MODULES = ("data/", "evaluate.py", "metrics.py", "serve/", "weights/", "pipeline.py", "predict.py",
-                   "train/data.py", "train/augment.py", "train/collate.py", "train/losses.py")
-# ValueError subclasses defined there (e.g. UnknownDatasetError, the upload errors).
-_LEGACY_PREFIXES = ("segearth.data", "segearth.serve", "segearth.evaluate", "segearth.weights",
-                    "segearth.pipeline", "segearth.predict")
+# What a command catches and hands to :func:`exit_with_user_error`. A plain ValueError (or any other
+# builtin) is not among them: raised by segearth, it is a bug, and shows its traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (SegEarthError, *FILE_ERRORS)
 
 REPORT_REQUEST = ("this is a bug in segearth, not a problem with your input: please report it at the "
                   "project's issue tracker with the command you ran and the traceback above")
 
 
-def _raised_by_legacy_module(exc: BaseException) -> bool:
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return False
-    path = Path(frames[-1].filename).resolve()
-    if not path.is_relative_to(_PACKAGE):
-        return False
-    relative = path.relative_to(_PACKAGE).as_posix()
-    return any(relative == m or (m.endswith("/") and relative.startswith(m)) for m in _LEGACY_MODULES)
-
-
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is the user's to fix (one line) rather than a bug (traceback + report)."""
-    if isinstance(exc, (SegEarthError, *FILE_ERRORS)):
-        return True
-    if isinstance(exc, ValueError):  # transitional: see _LEGACY_MODULES
-        module = type(exc).__module__
-        defined_there = module in _LEGACY_PREFIXES or module.startswith(tuple(p + "." for p in _LEGACY_PREFIXES))
-        return defined_there or _raised_by_legacy_module(exc)
-    return False
+    return isinstance(exc, USER_ERRORS)
 
 
 def exit_with_user_error(exc: BaseException, debug: bool) -> NoReturn:

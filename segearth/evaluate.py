@@ -44,6 +44,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .data.registry import DATASETS, get_dataset
+from .errors import ConfigError, InputError
 from .report import CaseCollector, EvalResult, SampleRecord, check_outputs, print_summary, write_reports
 
 # torch, rasterio and transformers are imported where they are used: the command line imports this
@@ -70,7 +71,7 @@ def load_samples(dataset: str, split: str, data_root: Path, first_question_only:
     spec = get_dataset(dataset)
     if first_question_only and spec.first_question_option is None:
         having = ", ".join(name for name, d in DATASETS.items() if d.first_question_option is not None)
-        raise ValueError(f"--first-question-only applies to {having}, not to {dataset}")
+        raise ConfigError(f"--first-question-only applies to {having}, not to {dataset}")
     return spec.samples(data_root, split, first_question_only)
 
 
@@ -223,9 +224,9 @@ def evaluate(
     from .metrics import PROTOCOLS, UNKNOWN, letterbox_mask, score_sample
 
     if protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if not samples:
-        raise ValueError("no samples to evaluate")
+        raise InputError("no samples to evaluate")
     size = predictor.image_size
     baselines = list(standard_baselines(protocol, size) if baselines is None else baselines)
     scores: dict[str, list[SampleScore]] = {"model": [], **{b.key: [] for b in baselines}}
@@ -301,13 +302,13 @@ def run_eval(dataset: str, split: str, data_root: Path, model: Path | None, out:
 
     console = console or Console()
     if protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
     check_outputs(out, overwrite)  # refuse before the long run, not after it
     samples = load_samples(dataset, split, data_root, first_question_only)[:limit]
     if not samples:
-        raise ValueError(f"{dataset} {split!r} under {data_root} has no samples")
+        raise InputError(f"{dataset} {split!r} under {data_root} has no samples")
     task = task or get_dataset(dataset).task
     predictor, model_name = load_predictor(model, task, device, dtype)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rasterio.windows import Window
 
+from .errors import InputError
 from .geo.read import (
     DEFAULT_MAX_PIXELS,
     RasterInfo,
@@ -69,9 +70,9 @@ class RunOptions:
         """``(tile size, overlap)`` of tiles mode, checked."""
         tile = self.tile_size or model_size
         if tile < 32:
-            raise ValueError(f"--tile-size must be at least 32 pixels, got {tile}")
+            raise InputError(f"--tile-size must be at least 32 pixels, got {tile}")
         if not 0 <= self.overlap < tile:
-            raise ValueError(f"--overlap must be between 0 and the tile size ({tile}), got {self.overlap}")
+            raise InputError(f"--overlap must be between 0 and the tile size ({tile}), got {self.overlap}")
         return tile, self.overlap
 
     def output_cell(self, info: RasterInfo, model_size: int) -> float:
@@ -167,10 +168,10 @@ def run_raster(
     if opts is None:
         opts = RunOptions()
     if not questions:
-        raise ValueError("no question given")
+        raise InputError("no question given")
     for q in questions:
         if not q.strip():
-            raise ValueError("the question is empty")
+            raise InputError("the question is empty")
     info = check_raster(source, opts)
     size = predictor.image_size
     tick = progress or (lambda n: None)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import segearth
 import segearth.weights
 from segearth import cli
-from segearth.errors import REPORT_REQUEST, USER_ERRORS, InputError, is_user_error
+from segearth.errors import REPORT_REQUEST, USER_ERRORS, ConfigError, InputError, is_user_error
 from segearth.geo.read import RasterInputError
 from segearth.presets import UnknownPresetError
 
@@ -62,14 +62,37 @@ def test_which_errors_are_the_users() -> None:
     assert is_user_error(RasterInputError("x.tif: band 5 does not exist"))
     assert is_user_error(UnknownPresetError("unknown model preset 'big'"))
     assert is_user_error(FileNotFoundError("x.tif"))
-    assert not is_user_error(ValueError("bare"))  # raised here, outside the modules not yet migrated
+    assert not is_user_error(ValueError("bare"))  # a plain ValueError is a bug
     assert not is_user_error(RuntimeError("CUDA error"))
     assert isinstance(InputError("x"), USER_ERRORS) and isinstance(InputError("x"), ValueError)
 
 
-def test_a_plain_value_error_of_a_not_yet_migrated_module_is_still_a_user_error() -> None:
-    legacy = Path(segearth.__file__).parent / "data" / "some_reader.py"
-    try:
-        exec(compile("raise ValueError('RRSIS-D split must be one of ...')", str(legacy), "exec"))
-    except ValueError as exc:
-        assert is_user_error(exc)
+def test_a_plain_value_error_is_a_bug_wherever_it_is_raised() -> None:
+    """No module keeps plain ValueErrors as user errors any more (the data readers were the last)."""
+    reader = Path(segearth.__file__).parent / "data" / "some_reader.py"
+    with pytest.raises(ValueError) as err:
+        exec(compile("raise ValueError('operands could not be broadcast together')", str(reader), "exec"))
+    assert not is_user_error(err.value)
+    assert ValueError not in USER_ERRORS
+
+
+def test_the_migrated_modules_raise_the_project_classes(tmp_path: Path) -> None:
+    from segearth.data.registry import UnknownDatasetError, get_dataset
+    from segearth.data.rrsisd import RRSISD
+    from segearth.serve.limits import QuestionError
+    from segearth.serve.settings import ServeSettings
+    from segearth.serve.upload import UploadRejected, UploadTooLarge
+    from segearth.weights import builtin_model_path
+
+    with pytest.raises(ConfigError, match="RRSIS-D split must be one of"):
+        RRSISD(tmp_path, "nope")
+    with pytest.raises(ConfigError, match="unknown built-in model"):
+        builtin_model_path("no-such-model")
+    with pytest.raises(ConfigError, match="--max-queue must be 0 or more"):
+        ServeSettings(max_queue=-1)
+    with pytest.raises(UnknownDatasetError):
+        get_dataset("no-such-dataset")
+    for cls in (UnknownDatasetError, QuestionError, UploadRejected, UploadTooLarge):
+        assert is_user_error(cls("x")) and issubclass(cls, ValueError)
+    assert issubclass(UnknownDatasetError, ConfigError)
+    assert all(issubclass(cls, InputError) for cls in (QuestionError, UploadRejected, UploadTooLarge))

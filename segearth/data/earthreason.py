@@ -11,6 +11,7 @@ import numpy as np
 
 from segearth.data.io import read_gray, require_dir
 from segearth.data.sample import NO_TARGET_ANSWER, Sample, SampleKind
+from segearth.errors import ConfigError, InputError
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -30,7 +31,7 @@ def _index_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
         if not path.is_file() or path.suffix.lower() not in suffixes:
             continue
         if path.stem in found:
-            raise ValueError(f"{folder}: two files share the name {path.stem!r}: {found[path.stem].name}, {path.name}")
+            raise InputError(f"{folder}: two files share the name {path.stem!r}: {found[path.stem].name}, {path.name}")
         found[path.stem] = path
     return found
 
@@ -62,7 +63,7 @@ class EarthReason:
 
     def __init__(self, root: str | Path, split: str = "val", *, first_question_only: bool = False) -> None:
         if split not in SPLITS:
-            raise ValueError(f"EarthReason split must be one of {SPLITS}, got {split!r}")
+            raise ConfigError(f"EarthReason split must be one of {SPLITS}, got {split!r}")
         self.split = split
         self.split_dir = self._find_split_dir(Path(root), split)
         self.samples: list[Sample] = self._build(first_question_only)
@@ -95,7 +96,7 @@ class EarthReason:
                 others = [n for n in ("images", "labels", "QAs") if n != name]
                 problems.append(f"{name}/: {_missing(set(extra), ' or '.join(others) + '/')}")
         if problems:
-            raise ValueError(f"EarthReason {self.split_dir}: files do not pair by name; " + "; ".join(problems))
+            raise InputError(f"EarthReason {self.split_dir}: files do not pair by name; " + "; ".join(problems))
 
         samples: list[Sample] = []
         for stem in sorted(images):
@@ -121,13 +122,13 @@ class EarthReason:
         try:
             qa = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
+            raise InputError(f"{path}: not valid JSON ({err})") from err
         questions = qa.get("questions") if isinstance(qa, dict) else None
         if not isinstance(questions, list) or not questions or not all(isinstance(q, str) for q in questions):
-            raise ValueError(f"{path}: expected a non-empty list of strings under 'questions'")
+            raise InputError(f"{path}: expected a non-empty list of strings under 'questions'")
         answers = qa.get("answer", [])
         if not isinstance(answers, list):
-            raise ValueError(f"{path}: 'answer' must be a list of strings, got {type(answers).__name__}")
+            raise InputError(f"{path}: 'answer' must be a list of strings, got {type(answers).__name__}")
         return questions, (answers[0] if answers else None)
 
     def __len__(self) -> int:

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segearth.errors import InputError
+
 TIFF_SUFFIXES = (".tif", ".tiff")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I")
 
@@ -78,7 +80,7 @@ def read_bands(path: Path) -> np.ndarray:
     if bands.dtype in (np.uint16, np.int32) and bands.min() >= 0 and bands.max() < 2**16:
         bands = (bands >> 8).astype(np.uint8)  # what cv2.imread does with 16-bit input
     elif bands.dtype != np.uint8:
-        raise ValueError(f"{path}: unsupported data type {bands.dtype} (expected 8- or 16-bit unsigned)")
+        raise InputError(f"{path}: unsupported data type {bands.dtype} (expected 8- or 16-bit unsigned)")
     return bands
 
 

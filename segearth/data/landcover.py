@@ -18,6 +18,7 @@ import numpy as np
 from segearth.data.io import raster_size, read_bands
 from segearth.data.questions import CLASS_QUESTIONS
 from segearth.data.sample import NO_TARGET_ANSWER, Sample
+from segearth.errors import ConfigError, InputError
 
 SPLITS = ("train", "val", "all")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -129,18 +130,18 @@ def class_maps(scene: Scene) -> dict[str, np.ndarray]:
         masks = {"road": bands[0] == ROAD_VALUE}
     else:
         if bands.shape[0] < 3:
-            raise ValueError(f"{scene.mask_path}: Dubai masks are RGB colour-coded, found {bands.shape[0]} band(s)")
+            raise InputError(f"{scene.mask_path}: Dubai masks are RGB colour-coded, found {bands.shape[0]} band(s)")
         rgb = (bands[0].astype(np.uint32) << 16) | (bands[1].astype(np.uint32) << 8) | bands[2]
         masks = {name: rgb == colour for name, colour in DUBAI_COLOURS.items()}
         known = sum(int(m.sum()) for m in masks.values()) + sum(int((rgb == c).sum()) for c in DUBAI_UNLABELED)
         if rgb.size - known > MAX_UNKNOWN_COLOUR_FRACTION * rgb.size:
-            raise ValueError(
+            raise InputError(
                 f"{scene.mask_path}: {1 - known / rgb.size:.0%} of pixels have colours outside the Dubai palette "
                 f"{ {k: f'#{v:06X}' for k, v in DUBAI_COLOURS.items()} }"
             )
     image_hw = raster_size(scene.image_path)
     if bands.shape[1:] != image_hw:
-        raise ValueError(f"{scene.mask_path}: mask is {bands.shape[1:]} but the image is {image_hw} (H, W)")
+        raise InputError(f"{scene.mask_path}: mask is {bands.shape[1:]} but the image is {image_hw} (H, W)")
     return masks
 
 
@@ -195,10 +196,10 @@ class LandCover:
         include_absent: bool = True,
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"land-cover split must be one of {SPLITS}, got {split!r}")
+            raise ConfigError(f"land-cover split must be one of {SPLITS}, got {split!r}")
         longest = min(len(q.reasoning) for q in CLASS_QUESTIONS.values())
         if not 0 <= reasoning_per_class <= longest:
-            raise ValueError(f"reasoning_per_class must be in [0, {longest}], got {reasoning_per_class}")
+            raise ConfigError(f"reasoning_per_class must be in [0, {longest}], got {reasoning_per_class}")
         self.split, self.seed = split, seed
         self.reasoning_per_class = reasoning_per_class
         self.min_fraction = min_fraction

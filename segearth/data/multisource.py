@@ -43,6 +43,7 @@ from segearth.data.io import read_rgb
 from segearth.data.sample import UNKNOWN, Sample
 from segearth.data.scenes import LabelledScene, LabelMaps, scene_questions
 from segearth.data.sentinel2 import sentinel2_scenes
+from segearth.errors import ConfigError
 
 SPLITS = ("train", "val", "val_indomain")
 #: Sampling rate per source in training (samples are repeated this many times per epoch).
@@ -119,7 +120,7 @@ class MultiSource:
                  min_fraction: float = 0.005,
                  weights: dict[str, int] | None = None) -> None:
         if split not in SPLITS:
-            raise ValueError(f"multisource split must be one of {SPLITS}, got {split!r}")
+            raise ConfigError(f"multisource split must be one of {SPLITS}, got {split!r}")
         self.split, self.seed = split, seed
         self.reasoning_per_class, self.min_fraction = reasoning_per_class, min_fraction
         self.weights = TRAIN_WEIGHTS if weights is None else weights

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from segearth.errors import InputError
+
 BANK_FILE = "question_bank.yaml"
 
 
@@ -47,21 +49,21 @@ class ClassQuestions:
 def _strings(entry: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
     values = entry.get(key)
     if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
-        raise ValueError(f"{BANK_FILE}: {where}.{key} must be a non-empty list of phrasings")
+        raise InputError(f"{BANK_FILE}: {where}.{key} must be a non-empty list of phrasings")
     return tuple(v.strip() for v in values)
 
 
 def parse_bank(data: Any) -> dict[str, ClassQuestions]:
     """Validate a loaded bank (see ``question_bank.yaml`` for the layout)."""
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{BANK_FILE}: expected a mapping of class name -> phrasings")
+        raise InputError(f"{BANK_FILE}: expected a mapping of class name -> phrasings")
     bank: dict[str, ClassQuestions] = {}
     for name, entry in data.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("answer"), str):
-            raise ValueError(f"{BANK_FILE}: class {name!r} needs 'answer', 'referring', 'reasoning' and 'heldout'")
+            raise InputError(f"{BANK_FILE}: class {name!r} needs 'answer', 'referring', 'reasoning' and 'heldout'")
         unknown = set(entry) - {"answer", "referring", "reasoning", "heldout"}
         if unknown:
-            raise ValueError(f"{BANK_FILE}: class {name!r} has unknown keys {sorted(unknown)}")
+            raise InputError(f"{BANK_FILE}: class {name!r} has unknown keys {sorted(unknown)}")
         heldout = entry.get("heldout") or {}
         questions = ClassQuestions(
             referring=_strings(entry, "referring", name),
@@ -73,7 +75,7 @@ def parse_bank(data: Any) -> dict[str, ClassQuestions]:
         seen = {q.lower() for q in questions.referring + questions.reasoning}
         leaked = [q for q in questions.heldout_referring + questions.heldout_reasoning if q.lower() in seen]
         if leaked:
-            raise ValueError(f"{BANK_FILE}: class {name!r}: held-out phrasings also seen in training: {leaked}")
+            raise InputError(f"{BANK_FILE}: class {name!r}: held-out phrasings also seen in training: {leaked}")
         bank[str(name)] = questions
     return bank
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from segearth.data.io import read_gray, require_dir, require_file
 from segearth.data.sample import Sample
+from segearth.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 _LINE = re.compile(r"^(\d+)\s+(.*)")
@@ -43,7 +44,7 @@ class RefSegRS:
 
     def __init__(self, root: str | Path, split: str = "val") -> None:
         if split not in SPLITS:
-            raise ValueError(f"RefSegRS split must be one of {SPLITS}, got {split!r}")
+            raise ConfigError(f"RefSegRS split must be one of {SPLITS}, got {split!r}")
         self.split = split
         base = self._find_base(Path(root), split)
         image_dir = require_dir(base / "images", "RefSegRS images")

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from segearth.data import earthreason, landcover, multisource, refsegrs, rrsisd
 from segearth.data.sample import Sample
+from segearth.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(ConfigError):
     """A dataset name that is not registered."""
 
 

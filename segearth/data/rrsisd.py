@@ -14,6 +14,7 @@ import numpy as np
 
 from segearth.data.io import require_dir, require_file
 from segearth.data.sample import Sample
+from segearth.errors import ConfigError, InputError
 
 SPLITS = ("train", "val", "test")
 
@@ -30,7 +31,7 @@ def _load_refs(path: Path) -> list[dict[str, Any]]:
     with path.open("rb") as fh:
         refs = _PlainDataUnpickler(fh).load()
     if not isinstance(refs, list):
-        raise ValueError(f"{path}: expected a pickled list of refs, got {type(refs).__name__}")
+        raise InputError(f"{path}: expected a pickled list of refs, got {type(refs).__name__}")
     return refs
 
 
@@ -53,13 +54,13 @@ def decode_segmentation(segmentation: list | dict, height: int, width: int) -> n
             counts = segmentation["counts"]
             rles = [{"size": segmentation["size"], "counts": counts.encode() if isinstance(counts, str) else counts}]
     else:
-        raise ValueError(f"unsupported COCO segmentation of type {type(segmentation).__name__}")
+        raise InputError(f"unsupported COCO segmentation of type {type(segmentation).__name__}")
     with warnings.catch_warnings():
         # pycocotools < 2.1 trips numpy 2's __array__(copy=...) deprecation; harmless noise.
         warnings.simplefilter("ignore", DeprecationWarning)
         decoded = coco_mask.decode(rles)  # [H, W, parts]
     if decoded.shape[:2] != (height, width):
-        raise ValueError(f"RLE of size {decoded.shape[:2]} does not match image size {(height, width)}")
+        raise InputError(f"RLE of size {decoded.shape[:2]} does not match image size {(height, width)}")
     return decoded.any(axis=2).astype(np.uint8)
 
 
@@ -87,7 +88,7 @@ class RRSISD:
 
     def __init__(self, root: str | Path, split: str = "val", *, first_sentence_only: bool = False) -> None:
         if split not in SPLITS:
-            raise ValueError(f"RRSIS-D split must be one of {SPLITS}, got {split!r}")
+            raise ConfigError(f"RRSIS-D split must be one of {SPLITS}, got {split!r}")
         self.split = split
         base = self._find_base(Path(root))
         ann_dir = require_dir(base / "rrsisd", "RRSIS-D annotations")
@@ -100,7 +101,7 @@ class RRSISD:
             self._anns = {ann["id"]: ann for ann in instances["annotations"]}
             categories = {cat["id"]: cat["name"] for cat in instances.get("categories", [])}
         except (KeyError, TypeError) as err:
-            raise ValueError(f"{instances_path}: not a COCO instances file ({err!r} missing)") from err
+            raise InputError(f"{instances_path}: not a COCO instances file ({err!r} missing)") from err
         self.samples = [
             sample
             for ref in refs
@@ -125,13 +126,13 @@ class RRSISD:
     ) -> list[Sample]:
         ann = self._anns.get(ref["ann_id"])
         if ann is None:
-            raise ValueError(f"ref {ref['ref_id']}: annotation {ref['ann_id']} not in {instances_path}")
+            raise InputError(f"ref {ref['ref_id']}: annotation {ref['ann_id']} not in {instances_path}")
         image = self._images.get(ann["image_id"])
         if image is None:
-            raise ValueError(f"annotation {ann['id']}: image {ann['image_id']} not in {instances_path}")
+            raise InputError(f"annotation {ann['id']}: image {ann['image_id']} not in {instances_path}")
         sentences = ref.get("sentences") or []
         if not sentences:
-            raise ValueError(f"ref {ref['ref_id']} has no sentences")
+            raise InputError(f"ref {ref['ref_id']} has no sentences")
         image_path = require_file(self.image_dir / image["file_name"], f"RRSIS-D image of ref {ref['ref_id']}")
         loader = partial(decode_segmentation, ann["segmentation"], int(image["height"]), int(image["width"]))
         return [

@@ -11,6 +11,7 @@ import numpy as np
 
 from segearth import metrics
 from segearth.data.io import read_rgb
+from segearth.errors import InputError
 
 SampleKind = Literal["referring", "reasoning", "absent"]
 SAMPLE_KINDS: tuple[str, ...] = ("referring", "reasoning", "absent")
@@ -79,7 +80,7 @@ class Sample:
         """The target as ``uint8 [H, W]``: 1 target, 0 background, :data:`UNKNOWN` unknown."""
         mask = self.mask_loader()
         if mask.ndim != 2 or mask.dtype != np.uint8:
-            raise ValueError(
+            raise InputError(
                 f"sample {self.id!r}: mask loader returned {mask.dtype} {mask.shape}, expected uint8 [H, W]"
             )
         return mask

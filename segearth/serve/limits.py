@@ -11,12 +11,13 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import InputError
 from .errors import error_response
 
 STORED_QUESTION_CHARS = 200  # copy of the question in each polygon and GeoTIFF tag (the API keeps it whole)
 
 
-class QuestionError(ValueError):
+class QuestionError(InputError):
     """A question the model cannot take (empty, too long, too many): answered with 422."""
 
 

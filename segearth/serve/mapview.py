@@ -26,6 +26,7 @@ from rasterio.errors import RasterioError
 from rasterio.transform import array_bounds
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform
 
+from ..errors import InputError
 from ..geo.read import SceneImage
 
 WEB_MERCATOR = CRS.from_epsg(3857)
@@ -76,7 +77,7 @@ def _geographic_view(folder: Path, display: SceneImage, max_side: int) -> MapVie
     x1, y1 = x0 + dst_w * dst.a, y0 + dst_h * dst.e
     (west, east), (north, south) = transform(WEB_MERCATOR, WGS84, [x0, x1], [y0, y1])
     if not np.isfinite([west, east, north, south]).all():
-        raise ValueError("the raster lies beyond the latitudes a Web Mercator map shows")
+        raise InputError("the raster lies beyond the latitudes a Web Mercator map shows")
     Image.fromarray(warped, "RGBA").save(folder / MAP_FILE, format="PNG", compress_level=1)
     return MapView("geographic", ((south, west), (north, east)), warp=(display.transform, dst, dst_w, dst_h))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ConfigError
 from .security import DEFAULT_HOSTS
 
 
@@ -39,25 +40,25 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         if self.max_upload_mb <= 0:
-            raise ValueError(f"--max-upload-mb must be positive, got {self.max_upload_mb:g}")
+            raise ConfigError(f"--max-upload-mb must be positive, got {self.max_upload_mb:g}")
         if self.max_queue < 0:
-            raise ValueError(f"--max-queue must be 0 or more, got {self.max_queue}")
+            raise ConfigError(f"--max-queue must be 0 or more, got {self.max_queue}")
         if self.request_timeout_s <= 0:
-            raise ValueError(f"--timeout must be positive, got {self.request_timeout_s:g}")
+            raise ConfigError(f"--timeout must be positive, got {self.request_timeout_s:g}")
         if self.cache_mb < 0:
-            raise ValueError(f"--cache-mb must be 0 or more, got {self.cache_mb:g}")
+            raise ConfigError(f"--cache-mb must be 0 or more, got {self.cache_mb:g}")
         if self.max_questions < 1 or self.max_images < 1 or self.display_max < 64:
-            raise ValueError("max_questions and max_images must be at least 1, display_max at least 64")
+            raise ConfigError("max_questions and max_images must be at least 1, display_max at least 64")
         if self.prepare_waiting < 0:
-            raise ValueError(f"--prepare-waiting must be 0 or more, got {self.prepare_waiting}")
+            raise ConfigError(f"--prepare-waiting must be 0 or more, got {self.prepare_waiting}")
         for name in ("max_question_chars", "max_question_tokens", "max_body_kb", "max_answers", "max_megapixels",
                      "max_disk_mb", "prepare_workers", "prepare_timeout_s"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name):g}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name):g}")
         if self.token is not None and len(self.token) < 8:
-            raise ValueError("--token must be at least 8 characters long")
+            raise ConfigError("--token must be at least 8 characters long")
         if self.max_answers < self.max_questions:
-            raise ValueError(f"--max-answers ({self.max_answers}) must be at least "
+            raise ConfigError(f"--max-answers ({self.max_answers}) must be at least "
                              f"--max-questions ({self.max_questions})")
 
     @property

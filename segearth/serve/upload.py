@@ -17,6 +17,8 @@ import rasterio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
+from ..errors import InputError
+
 # First bytes of the formats we accept -> (format name, file suffix GDAL recognises).
 _MAGIC: list[tuple[bytes, str, str]] = [
     (b"II*\x00", "GeoTIFF", ".tif"),
@@ -28,11 +30,11 @@ _MAGIC: list[tuple[bytes, str, str]] = [
 ]
 
 
-class UploadTooLarge(ValueError):
+class UploadTooLarge(InputError):
     """The upload passed the configured size limit (answered with 413)."""
 
 
-class UploadRejected(ValueError):
+class UploadRejected(InputError):
     """The upload is malformed or not a GeoTIFF/PNG/JPEG (answered with 422)."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..data.sample import Sample
+from ..errors import ConfigError
 from ..geo.letterbox import letterbox
 from ..metrics import letterbox_mask
 from ..modeling.prompt import IGNORE_INDEX, Task, Tokenizer, build_prompt
@@ -95,7 +96,7 @@ class Collator:
         answer-free template, which a bidirectional LLM needs); None chooses per sample."""
         pad = getattr(tokenizer, "pad_token_id", None)
         if pad is None:
-            raise ValueError("the tokenizer has no pad token; SegEarth-R1 tokenizers define [PAD]")
+            raise ConfigError("the tokenizer has no pad token; SegEarth-R1 tokenizers define [PAD]")
         self.tokenizer = tokenizer
         self.pad_id = int(pad)
         self.max_length = max_length  # official model_max_length, applied before splicing

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from ..data.registry import get_dataset
 from ..data.sample import Sample
+from ..errors import ConfigError, InputError
 from ..metrics import letterbox_mask
 from .collate import Example, prepare_example
 from .config import DataConfig
@@ -28,7 +29,7 @@ def build_samples(cfg: DataConfig, split: str, limit: int | None = None) -> Sequ
     """The samples of ``split`` of the configured dataset (first ``limit`` only, when given)."""
     samples = get_dataset(cfg.name).samples(cfg.root, split, cfg.first_question_only)[:limit]
     if not samples:
-        raise ValueError(f"{cfg.name} split {split!r} under {cfg.root} has no samples")
+        raise InputError(f"{cfg.name} split {split!r} under {cfg.root} has no samples")
     return samples
 
 
@@ -83,7 +84,7 @@ class BatchOrder:
         self.with_epoch = with_epoch
         self.per_epoch = num_samples // (batch_size * world_size)
         if self.per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{num_samples} training samples are fewer than one global batch "
                 f"({batch_size} per process x {world_size} processes)"
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..presets import get_preset, preset_names
 
 BUILTIN_NAMES = preset_names(with_weights=True)
@@ -17,7 +18,7 @@ DEFAULT_MODEL = "nano"
 def builtin_model_path(name: str = DEFAULT_MODEL) -> Path:
     """Folder of a built-in checkpoint (config.json, model.safetensors, tokenizer files)."""
     if name not in BUILTIN_NAMES:
-        raise ValueError(f"unknown built-in model {name!r}; available: {', '.join(BUILTIN_NAMES)}")
+        raise ConfigError(f"unknown built-in model {name!r}; available: {', '.join(BUILTIN_NAMES)}")
     preset = get_preset(name)
     folder = preset.weights
     assert folder is not None  # BUILTIN_NAMES holds only presets with weights
