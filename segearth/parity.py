@@ -79,6 +79,7 @@ def replay(model: SegEarthR1, io: dict[str, torch.Tensor]) -> dict[str, torch.Te
                 attention_mask=io.get("input.attention_mask"),
                 answer_ids=_per_sample(io, "input.token_answer_id", batch),
                 labels=io.get("input.labels"),
+                intermediates=True,
             )
             lm_logits = model.llm.logits(out.hidden_states).float()
     finally:

@@ -107,6 +107,19 @@ def test_text_after_the_description_cannot_change_the_mask(small_model):
     assert torch.allclose(a.mask_logits, b.mask_logits, atol=1e-5)
 
 
+def test_d_projector_intermediates_only_when_asked(small_model):
+    images = torch.randn(1, 3, 256, 256)
+    ids = torch.tensor([[5, 6, IMAGE_TOKEN, 7, REFER_TOKEN, 8, SEG_TOKEN, 9]])
+    with torch.no_grad():
+        light = small_model(ids, [torch.tensor([1, 2])], images=images)
+        full = small_model(ids, [torch.tensor([1, 2])], images=images, intermediates=True)
+    assert light.d_projector.attn_out == light.d_projector.ff_out == light.d_projector.latents == []
+    depth = len(small_model.d_projector.layers)
+    assert len(full.d_projector.attn_out[0]) == len(full.d_projector.ff_out[0]) == depth
+    assert len(full.d_projector.latents) == 1
+    assert torch.equal(light.mask_logits, full.mask_logits)
+
+
 def test_batching_and_cached_image_features_match_single_runs(small_model):
     images = torch.randn(2, 3, 256, 256)
     descriptions = [torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6, 7, 8, 9])]

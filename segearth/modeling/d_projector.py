@@ -28,10 +28,12 @@ class DProjectorOutput:
     query: torch.Tensor  # [B, 1, hidden] description embedding fed to the mask decoder
     pooled: torch.Tensor  # a: [B, 1, dim]
     visual: torch.Tensor  # V: [B, h*w, dim]
+    fused: torch.Tensor  # d: [B, 1, dim]
+    # Kept only with ``intermediates=True`` (parity checks); empty lists otherwise, so that normal
+    # inference does not hold every block's activations.
     latents: list[torch.Tensor]  # T per sample: [1, 1, 1+n, dim]
     attn_out: list[list[torch.Tensor]]  # per sample, per block: attention output before the residual
     ff_out: list[list[torch.Tensor]]  # per sample, per block: feed-forward output before the residual
-    fused: torch.Tensor  # d: [B, 1, dim]
 
 
 class PerceiverAttention(nn.Module):
@@ -83,15 +85,19 @@ class DProjector(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.query_proj = nn.Linear(2 * cfg.dim, query_dim)
 
-    def forward(self, description_states: list[torch.Tensor], res5: torch.Tensor) -> DProjectorOutput:
-        """description_states: per sample [1 + n_i, D_llm] (row 0 = pooled mean); res5 [B, C5, h, w]."""
+    def forward(self, description_states: list[torch.Tensor], res5: torch.Tensor,
+                intermediates: bool = False) -> DProjectorOutput:
+        """description_states: per sample [1 + n_i, D_llm] (row 0 = pooled mean); res5 [B, C5, h, w].
+
+        ``intermediates``: also return every block's latents and outputs (see :class:`DProjectorOutput`)."""
         pooled = torch.stack([s[:1] for s in description_states])  # [B, 1, D_llm]
         a = self.pooled_proj(pooled)
         visual = self.visual_proj(res5.flatten(2).transpose(1, 2))
         latents, attn_outs, ff_outs, fused = [], [], [], []
         for b, states in enumerate(description_states):
             t = self.latent_proj(states)[None, None]  # [1, 1, 1+n, dim]
-            latents.append(t)
+            if intermediates:
+                latents.append(t)
             media = visual[b][None, None]
             attn_b, ff_b = [], []
             for block in self.layers:
@@ -100,11 +106,13 @@ class DProjector(nn.Module):
                 t = t + attn
                 ff = block.ff(t)
                 t = t + ff
-                attn_b.append(attn)
-                ff_b.append(ff)
-            attn_outs.append(attn_b)
-            ff_outs.append(ff_b)
+                if intermediates:
+                    attn_b.append(attn)
+                    ff_b.append(ff)
+            if intermediates:
+                attn_outs.append(attn_b)
+                ff_outs.append(ff_b)
             fused.append(self.norm(t)[0, 0, :1])
         d = torch.stack(fused)  # [B, 1, dim]
         query = self.query_proj(torch.cat((a, d), dim=-1))
-        return DProjectorOutput(query, a, visual, latents, attn_outs, ff_outs, d)
+        return DProjectorOutput(query, a, visual, d, latents, attn_outs, ff_outs)

@@ -164,13 +164,14 @@ class SegEarthR1(nn.Module):
             input_ids, image.visual_tokens, refer_ids, self.llm.embed, attention_mask, answer_ids, labels
         )
 
-    def decode(self, image: ImageFeatures, hidden_states: torch.Tensor, refer_mask: torch.Tensor):
+    def decode(self, image: ImageFeatures, hidden_states: torch.Tensor, refer_mask: torch.Tensor,
+               intermediates: bool = False):
         """LLM hidden states -> (description states, D-Projector output, per-layer mask logits)."""
         description_states = []
         for h, m in zip(hidden_states, refer_mask, strict=True):
             rows = h[m]
             description_states.append(torch.cat((rows.mean(0, keepdim=True), rows)))
-        dproj = self.d_projector(description_states, image.res[-1])
+        dproj = self.d_projector(description_states, image.res[-1], intermediates)
         masks = self.mask_decoder(image.pixel.multi_scale_features, image.pixel.mask_features, dproj.query)
         return description_states, dproj, masks
 
@@ -183,6 +184,7 @@ class SegEarthR1(nn.Module):
         attention_mask: torch.Tensor | None = None,
         answer_ids: Sequence[torch.Tensor | None] | None = None,
         labels: torch.Tensor | None = None,
+        intermediates: bool = False,
     ) -> SegEarthOutput:
         """Full forward pass.
 
@@ -193,6 +195,7 @@ class SegEarthR1(nn.Module):
             attention_mask: [B, L0], True on real (non-pad) ids.
             answer_ids: per sample, answer ids for prompts with an <answer> placeholder.
             labels: [B, L0] LM labels, spliced alongside (training only).
+            intermediates: keep the D-Projector's per-block activations in the output (parity).
         """
         if image_features is None:
             if images is None:
@@ -200,7 +203,7 @@ class SegEarthR1(nn.Module):
             image_features = self.encode_image(images)
         seq = self.embed_prompt(image_features, input_ids, refer_ids, attention_mask, answer_ids, labels)
         hidden, _ = self.llm(seq.inputs_embeds, seq.attention_mask.long())
-        description_states, dproj, masks = self.decode(image_features, hidden, seq.refer_mask)
+        description_states, dproj, masks = self.decode(image_features, hidden, seq.refer_mask, intermediates)
         return SegEarthOutput(masks[-1], masks, image_features, seq, hidden, description_states, dproj)
 
     def upsample_logits(self, mask_logits: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
