@@ -6,6 +6,7 @@ import io
 import json
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -241,6 +242,12 @@ def test_full_queue_gives_503_with_retry_after(make_client):
         assert "busy" in r.json()["detail"]
     finally:
         release.set()
+    # The blocking job ends on its own thread: wait for its slot to free (a race otherwise) and answer.
+    app = client.app
+    assert isinstance(app, FastAPI)
+    deadline = time.monotonic() + 30
+    while app.state.engine.queue.outstanding and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert _ask(client, image_id, ["the roads"]).status_code == 200
 
 
