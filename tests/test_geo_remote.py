@@ -34,6 +34,8 @@ class RangeServer(ThreadingHTTPServer):
     """Serves files of ``root`` with HEAD and single ``Range: bytes=a-b`` GETs; records every request."""
 
     daemon_threads = True
+    # GDAL opens several connections at once; the default backlog (5) can refuse one on a busy machine.
+    request_queue_size = 64
 
     def __init__(self, root: Path) -> None:
         super().__init__(("127.0.0.1", 0), RangeHandler)
