@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from segearth.data.io import read_gray, require_dir
-from segearth.data.sample import NO_TARGET_ANSWER, Sample, SampleKind
+from segearth.data.sample import NO_TARGET_ANSWER, Sample, SampleKind, SampleList
 from segearth.errors import ConfigError, InputError
 
 SPLITS = ("train", "val", "test")
@@ -41,7 +40,7 @@ def _missing(stems: set[str], where: str) -> str:
     return f"{len(stems)} without a matching file in {where}: {names}"
 
 
-class EarthReason:
+class EarthReason(SampleList):
     """EarthReason reasoning-segmentation split.
 
     On-disk layout (official release)::
@@ -130,12 +129,3 @@ class EarthReason:
         if not isinstance(answers, list):
             raise InputError(f"{path}: 'answer' must be a list of strings, got {type(answers).__name__}")
         return questions, (answers[0] if answers else None)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.samples[index]
-
-    def __iter__(self) -> Iterator[Sample]:
-        return iter(self.samples)

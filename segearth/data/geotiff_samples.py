@@ -18,7 +18,6 @@ Images are rendered with the raster-wide percentile stretch ``segearth predict``
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -31,7 +30,7 @@ from rasterio.windows import Window
 
 from segearth.data.io import require_file
 from segearth.data.sample import UNKNOWN
-from segearth.data.scenes import LabelledScene, LabelMaps, index_labels, normalized_difference, render
+from segearth.data.scenes import LabelledScene, LabelMaps, index_labels, normalized_difference, render, window_labels
 
 NAIP = "naip_rgbn_2019.tif"
 PAN, PAN_BUILDINGS = "spacenet_pan_uint16.tif", "spacenet_pan_buildings.geojson"
@@ -69,14 +68,9 @@ def _quadrants(scene: LabelledScene, width: int, height: int, bands: tuple[int, 
             x0, y0 = col * width // 2, row * height // 2
             window = Window(x0, y0, (col + 1) * width // 2 - x0, (row + 1) * height // 2 - y0)
             image = partial(render, scene.image_path, bands, window)
-            labels = partial(_window_labels, scene.labels, window)
+            labels = partial(window_labels, scene.labels, window)
             out.append(replace(scene, id=f"{scene.id}/q{row}{col}", image=image, labels=labels))
     return out
-
-
-def _window_labels(labels: Callable[[], LabelMaps], window: Window) -> LabelMaps:
-    rows, cols = window.toslices()
-    return {name: m[rows, cols].copy() for name, m in labels().items()}
 
 
 def geotiff_scenes(folder: Path) -> list[LabelledScene]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from segearth.data.io import raster_size, read_bands
 from segearth.data.questions import CLASS_QUESTIONS
-from segearth.data.sample import NO_TARGET_ANSWER, Sample
+from segearth.data.sample import NO_TARGET_ANSWER, Sample, SampleList
 from segearth.errors import ConfigError, InputError
 
 SPLITS = ("train", "val", "all")
@@ -155,7 +154,7 @@ def class_fractions(scene: Scene) -> dict[str, float]:
     return {name: float(m.mean()) for name, m in class_maps(scene).items()}
 
 
-class LandCover:
+class LandCover(SampleList):
     """Generated referring/reasoning/absent questions on real land-cover scenes.
 
     On-disk layout (the shared real-data folder)::
@@ -245,12 +244,3 @@ class LandCover:
             mask_loader=partial(class_mask, scene, class_name),
             class_name=class_name,
         )
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.samples[index]
-
-    def __iter__(self) -> Iterator[Sample]:
-        return iter(self.samples)

@@ -28,7 +28,7 @@ Massachusetts images) with the same questions. Questions come from the question 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property, partial
 from itertools import zip_longest
@@ -40,7 +40,7 @@ from segearth.data import landcover
 from segearth.data.fair_buildings import VAL_CITIES, fair_scenes
 from segearth.data.geotiff_samples import geotiff_scenes
 from segearth.data.io import read_rgb
-from segearth.data.sample import UNKNOWN, Sample
+from segearth.data.sample import UNKNOWN, Sample, SampleList
 from segearth.data.scenes import LabelledScene, LabelMaps, scene_questions
 from segearth.data.sentinel2 import sentinel2_scenes
 from segearth.errors import ConfigError
@@ -106,7 +106,7 @@ def _interleave_sources(samples: list[Sample]) -> list[Sample]:
     return [s for group in zip_longest(*by_source.values()) for s in group if s is not None]
 
 
-class MultiSource:
+class MultiSource(SampleList):
     """Bank questions on the labelled scenes of every source (see the module docstring).
 
     Args:
@@ -145,15 +145,6 @@ class MultiSource:
             for r in range(self.weights.get(s.source or "", 1) * (ABSENT_WEIGHT if s.kind == "absent" else 1)):
                 repeated.append(s if r == 0 else _repeat(s, r))
         return repeated
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.samples[index]
-
-    def __iter__(self) -> Iterator[Sample]:
-        return iter(self.samples)
 
 
 def _repeat(sample: Sample, r: int) -> Sample:

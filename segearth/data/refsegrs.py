@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from segearth.data.io import read_gray, require_dir, require_file
-from segearth.data.sample import Sample
+from segearth.data.sample import Sample, SampleList
 from segearth.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -27,7 +26,7 @@ def _load_mask(path: Path) -> np.ndarray:
     return (read_gray(path) == 255).astype(np.uint8)
 
 
-class RefSegRS:
+class RefSegRS(SampleList):
     """RefSegRS referring-segmentation split.
 
     On-disk layout (official release)::
@@ -76,12 +75,3 @@ class RefSegRS:
             if (candidate / name).is_file():
                 return candidate
         raise FileNotFoundError(f"RefSegRS: {name} not found under {root} (expected {root}/rs_ref_seg/RefSegRS/{name})")
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.samples[index]
-
-    def __iter__(self) -> Iterator[Sample]:
-        return iter(self.samples)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pickle
 import warnings
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from segearth.data.io import require_dir, require_file
-from segearth.data.sample import Sample
+from segearth.data.sample import Sample, SampleList
 from segearth.errors import ConfigError, InputError
 
 SPLITS = ("train", "val", "test")
@@ -64,7 +63,7 @@ def decode_segmentation(segmentation: list | dict, height: int, width: int) -> n
     return decoded.any(axis=2).astype(np.uint8)
 
 
-class RRSISD:
+class RRSISD(SampleList):
     """RRSIS-D referring-segmentation split.
 
     On-disk layout (official release, refer-style API)::
@@ -102,7 +101,7 @@ class RRSISD:
             categories = {cat["id"]: cat["name"] for cat in instances.get("categories", [])}
         except (KeyError, TypeError) as err:
             raise InputError(f"{instances_path}: not a COCO instances file ({err!r} missing)") from err
-        self.samples = [
+        self.samples: list[Sample] = [
             sample
             for ref in refs
             if self._in_split(ref.get("split", ""))
@@ -147,12 +146,3 @@ class RRSISD:
             )
             for si, sentence in enumerate(sentences[:1] if first_only else sentences)
         ]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.samples[index]
-
-    def __iter__(self) -> Iterator[Sample]:
-        return iter(self.samples)

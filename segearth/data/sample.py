@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -84,3 +84,20 @@ class Sample:
                 f"sample {self.id!r}: mask loader returned {mask.dtype} {mask.shape}, expected uint8 [H, W]"
             )
         return mask
+
+
+class SampleList:
+    """Sequence behaviour for a dataset reader from its ``samples`` list (an attribute or a cached property)."""
+
+    if TYPE_CHECKING:  # an attribute in some readers, a cached property in others: declared for mypy only
+        @property
+        def samples(self) -> list[Sample]: ...
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)

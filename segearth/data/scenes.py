@@ -141,6 +141,12 @@ def render(path: Path, bands: tuple[int, int, int], window: Window | None = None
     return read_window(path, window, stretch).image
 
 
+def window_labels(labels: Callable[[], LabelMaps], window: Window) -> LabelMaps:
+    """The label maps of ``labels()`` cut to ``window`` (copies: a chip never holds the whole scene's maps)."""
+    rows, cols = window.toslices()
+    return {name: m[rows, cols].copy() for name, m in labels().items()}
+
+
 def index_labels(index: np.ndarray, positive: float, negative: float, greater: bool = True) -> np.ndarray:
     """A weak label from a spectral index: 1 beyond ``positive``, 0 beyond ``negative``, else unknown.
 

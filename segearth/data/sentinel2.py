@@ -30,7 +30,7 @@ from rasterio.windows import Window
 
 from segearth.data.io import require_file
 from segearth.data.sample import UNKNOWN
-from segearth.data.scenes import LabelledScene, LabelMaps, normalized_difference, render
+from segearth.data.scenes import LabelledScene, LabelMaps, normalized_difference, render, window_labels
 
 SOURCE = "sentinel2_brandenburg"
 IMAGE = "s2l1c_T33UUU_20170216_10m_B4-B3-B2-B8.tif"
@@ -80,11 +80,6 @@ def _scene_labels(folder: Path) -> LabelMaps:
     return labels
 
 
-def _chip_labels(folder: Path, window: Window) -> LabelMaps:
-    rows, cols = window.toslices()
-    return {name: m[rows, cols].copy() for name, m in _scene_labels(folder).items()}
-
-
 def _windows(width: int, height: int, split: str) -> list[Window]:
     if split == "val":
         return [Window(VAL_X0, y, VAL_CHIP, VAL_CHIP) for y in range(0, height - VAL_CHIP + 1, VAL_CHIP)]
@@ -106,6 +101,7 @@ def sentinel2_scenes(folder: Path, split: str) -> list[LabelledScene]:
             scenes.append(LabelledScene(
                 id=f"{place}/{render_name}", source=SOURCE if render_name == "rgb" else f"{SOURCE}_irrg",
                 place=place, image_path=image, image=partial(render, image, bands, w),
-                labels=partial(_chip_labels, folder, w), classes=tuple(CLASSES), weak=("water",),
+                labels=partial(window_labels, partial(_scene_labels, folder), w),
+                classes=tuple(CLASSES), weak=("water",),
             ))
     return scenes
