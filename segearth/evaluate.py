@@ -362,7 +362,9 @@ def eval_command(
 
     Metrics (spec §6): gIoU = mean per-sample IoU (empty prediction on an empty target = 1),
     cIoU = total intersection / total union, Pr@t = share of samples with IoU > t. Reported overall,
-    per question kind (referring / reasoning / absent) and per class where the data has classes.
+    per question kind (referring / reasoning / absent), and per class, source and phrasing (seen in
+    training or held out) where the samples carry them. Pixels labelled unknown (255, partially
+    labelled scenes) are not scored.
 
     --protocol paper reproduces the paper: logits up-sampled to the model's letterboxed canvas and
     thresholded at 0, ground truth letterboxed the same way (padding counts). --protocol native
@@ -372,13 +374,14 @@ def eval_command(
     whole canvas with its padding), and an oracle that knows the class but sees only pixel colours.
 
     Writes into --out: report.json (all numbers), report.md (tables), samples.csv (one row per
-    sample: id, question, kind, IoU, I, U, baselines) and cases.png (best and worst cases: image,
-    truth in green, prediction in magenta, question).
+    sample: id, question, kind, class, source, phrasing, IoU, I, U, baselines) and cases.png (best
+    and worst cases: image, truth in green, prediction in magenta, question).
 
     Examples:
       segearth eval -d earthreason --data-root data/ --split test -m SegEarth-R1-EarthReason/
       segearth eval -d rrsisd --data-root data/ --split test --first-question-only -m ckpt/
       segearth eval -d landcover --data-root ../shared/data --split val -m ckpt/ --protocol native
+      segearth eval -d multisource --data-root ../shared/data --split val   (cross-domain, built-in model)
     """
     from .errors import USER_ERRORS, exit_with_user_error
 
