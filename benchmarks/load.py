@@ -56,9 +56,9 @@ def main() -> None:
             param_bytes = numel * getattr(torch, target).itemsize
             for method in methods:
                 need = _needed_bytes(method, numel, file_dtype, target)
-                if need + 2 * GB > _available_bytes():  # leave room for whatever else runs here
+                if need + 2 * GB > available_bytes():  # leave room for whatever else runs here
                     print(f"| {file_dtype} | {target} | {method} | skipped: needs ~{need / GB:.1f} GB, "
-                          f"{_available_bytes() / GB:.1f} GB available | | | | | |", flush=True)
+                          f"{available_bytes() / GB:.1f} GB available | | | | | |", flush=True)
                     continue
                 out = subprocess.run([sys.executable, __file__, "--child", method, str(root / file_dtype), target],
                                      capture_output=True, text=True, check=True)
@@ -74,9 +74,9 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def write_checkpoints(cfg, root: Path) -> int:
-    """float32 and bfloat16 checkpoints of random weights, written tensor by tensor; returns the
-    parameter count."""
+def write_checkpoints(cfg, root: Path, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> int:
+    """Checkpoints of random weights in ``root/<dtype>`` (float32 and/or bfloat16), written tensor by
+    tensor; returns the parameter count."""
     import torch
 
     from segearth.checkpoint import OPTIONAL_KEYS, to_official_state_dict
@@ -86,7 +86,7 @@ def write_checkpoints(cfg, root: Path) -> int:
     with torch.device("meta"):
         model = SegEarthR1(cfg)
     shapes = {k: tuple(v.shape) for k, v in to_official_state_dict(model).items() if not OPTIONAL_KEYS.search(k)}
-    for dtype, name in ((torch.float32, "F32"), (torch.bfloat16, "BF16")):
+    for dtype, name in ((getattr(torch, d), {"float32": "F32", "bfloat16": "BF16"}[d]) for d in dtypes):
         folder = root / str(dtype).removeprefix("torch.")
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps(official_config_json(cfg)))
@@ -114,12 +114,12 @@ def child(method: str, folder: str, target: str) -> None:
     from segearth import checkpoint  # imported before the baseline is taken
 
     dtype = getattr(torch, target)
-    baseline = _peak_rss()
+    baseline = peak_rss()
     start = time.perf_counter()
     model = (checkpoint.load_pretrained if method == "new" else old_load)(Path(folder), dtype=dtype)
     seconds = time.perf_counter() - start
     assert all(p.dtype == dtype for p in model.parameters())
-    print(json.dumps({"seconds": seconds, "baseline": baseline, "peak": _peak_rss()}))
+    print(json.dumps({"seconds": seconds, "baseline": baseline, "peak": peak_rss()}))
 
 
 def old_load(folder: Path, dtype):
@@ -164,14 +164,14 @@ def _needed_bytes(method: str, numel: int, file_dtype: str, target: str) -> floa
     return numel * (size[file_dtype] + 4 + cast) + 1 * GB  # map + float32 model + cast
 
 
-def _available_bytes() -> int:
+def available_bytes() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
     return 0
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
     """Peak RSS of this process's own memory. Not ru_maxrss: a child started by fork + exec starts
     with its parent's peak there (the parent here wrote the checkpoints)."""
     for line in Path("/proc/self/status").read_text().splitlines():

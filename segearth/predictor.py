@@ -208,7 +208,7 @@ class Predictor:
     def _decode(self, hidden: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
         """Description rows of the LLM output -> [B, S/4, S/4] mask logits (the model's question path)."""
         cached = self._image_features()
-        features = cached.select([0] * hidden.shape[0]) if hidden.shape[0] > 1 else cached
+        features = cached.repeat(hidden.shape[0]) if hidden.shape[0] > 1 else cached
         _, _, masks = self.model.decode(features, hidden, flags)
         return masks[-1][:, 0]
 
@@ -242,7 +242,7 @@ class Predictor:
         ids = torch.tensor([self._ids] * n, device=self.model.device)
         answer = [torch.tensor(self._answer, device=self.model.device)] * n if self._answer is not None else None
         cached = self._image_features()
-        features = cached.select([0] * n) if n > 1 else cached
+        features = cached.repeat(n) if n > 1 else cached
         out = self.model(ids, refers, image_features=features, answer_ids=answer)
         return out.mask_logits[:, 0]
 

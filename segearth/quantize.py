@@ -18,7 +18,10 @@ from .errors import InputError
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """``model`` with its Linear layers dynamically quantised to int8 (CPU, float32 models only)."""
+    """``model`` with its Linear layers dynamically quantised to int8 in place (CPU, float32 models only).
+
+    In place: a copy would hold a second float32 model while quantising (at the released size, 14 GB
+    peak instead of 6.6 GB); each float32 weight is freed as its layer is replaced."""
     params = list(model.parameters())
     if any(p.device.type != "cpu" for p in params):
         raise InputError("--quantize int8 runs on the CPU only; drop --device or --quantize")
@@ -27,4 +30,4 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         # torch.ao's dynamic quantisation is deprecated in favour of torchao, which is not a dependency here.
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)

@@ -59,6 +59,23 @@ def test_connector_shapes_follow_image_size_and_refuse_other_sizes():
         SegEarthConfig(image_size=1000)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_connector_convolves_low_precision_in_float32_and_rounds_once(dtype):
+    # The reduced-precision CPU convolution is a naive kernel (16 s of a 112 s bf16 question at the released
+    # size); the connector convolves in float32 instead: exactly the float32 convolution of the same
+    # rounded inputs and weights, rounded once.
+    torch.manual_seed(0)
+    connector = CompressionConnector(in_channels=32, out_channels=24, size=4).to(dtype)
+    res5 = torch.randn(2, 32, 8, 8).to(dtype)
+    with torch.no_grad():
+        out = connector.proj1(res5)
+        reference = torch.nn.functional.conv2d(res5.float(), connector.proj1.weight.float(),
+                                               connector.proj1.bias.float(), stride=2, padding=1).to(dtype)
+        tokens = connector(res5)
+    assert out.dtype == dtype and torch.equal(out, reference)
+    assert tokens.dtype == dtype and tokens.shape == (2, 4, 24) and torch.isfinite(tokens).all()
+
+
 def test_deformable_sampling_at_pixel_centres_returns_the_pixel():
     h, w, heads, dim = 3, 5, 2, 4
     value = torch.randn(1, h * w, heads, dim)
@@ -128,10 +145,9 @@ def test_batching_and_cached_image_features_match_single_runs(small_model):
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
     with torch.no_grad():
         batched = small_model(ids, descriptions, images=images, attention_mask=mask).mask_logits
-        feats = small_model.encode_image(images)
         for i in range(2):
             single = small_model(ids[i : i + 1, : int(mask[i].sum())], descriptions[i : i + 1],
-                                 image_features=feats.select([i])).mask_logits
+                                 image_features=small_model.encode_image(images[i : i + 1])).mask_logits
             assert torch.allclose(batched[i], single[0], atol=1e-5)
 
 

@@ -14,17 +14,18 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .conv import Conv2d
 
 
 class CompressionConnector(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, size: int) -> None:
         super().__init__()
-        self.proj1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
+        self.proj1 = Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
         self.norm1 = nn.LayerNorm([out_channels, size, size])
-        self.proj2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=2, padding=1)
+        self.proj2 = Conv2d(out_channels, out_channels, kernel_size=3, stride=2, padding=1)
         half = (size + 1) // 2  # a stride-2, padding-1 conv rounds up
         self.norm2 = nn.LayerNorm([out_channels, half, half])
-        self.fc = nn.Conv2d(out_channels, out_channels, kernel_size=1)
+        self.fc = Conv2d(out_channels, out_channels, kernel_size=1)
 
     def forward(self, res5: torch.Tensor) -> torch.Tensor:
         """res5 [B, C5, 2*size, 2*size] -> visual tokens [B, ceil(size/2)^2, out_channels]."""

@@ -29,8 +29,19 @@ class CrossAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, query, memory, pos, attn_mask):
-        out = self.multihead_attn(query, memory + pos, memory, attn_mask=attn_mask, need_weights=False)[0]
-        return self.norm(query + out)
+        """query [1, B, C] (one query per batch row), memory and pos [hw, B or 1, C], attn_mask
+        [B*heads, 1, hw]. With the memory of one image (batch 1) for B questions, the B queries attend
+        to it as one sequence, each under its own mask: the memory's keys and values are projected
+        once instead of once per question."""
+        batch = query.shape[1]
+        if memory.shape[1] == batch:
+            out = self.multihead_attn(query, memory + pos, memory, attn_mask=attn_mask, need_weights=False)[0]
+            return self.norm(query + out)
+        heads = self.multihead_attn.num_heads
+        per_query = attn_mask.view(batch, heads, -1).transpose(0, 1)  # [heads, B, hw]: masks per query
+        queries = query.transpose(0, 1)  # [B, 1, C]: the questions as one sequence
+        out = self.multihead_attn(queries, memory + pos, memory, attn_mask=per_query, need_weights=False)[0]
+        return self.norm(query + out.transpose(0, 1))
 
 
 class SelfAttentionLayer(nn.Module):
@@ -105,9 +116,14 @@ class MaskDecoder(nn.Module):
     def predict_mask(
         self, query: torch.Tensor, mask_features: torch.Tensor, next_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """query [1, B, C] -> (mask logits [B, 1, h4, w4], blocked-attention mask [B*heads, 1, next h*w])."""
+        """query [1, B, C] -> (mask logits [B, 1, h4, w4], blocked-attention mask [B*heads, 1, next h*w]).
+
+        ``mask_features`` [B or 1, mask_dim, h4, w4]: batch 1 is one image's features for all B queries."""
         embed = self.mask_embed(self.decoder_norm(query).transpose(0, 1))
-        logits = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
+        if mask_features.shape[0] == embed.shape[0]:
+            logits = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
+        else:
+            logits = torch.einsum("bqc,chw->bqhw", embed, mask_features[0])
         small = F.interpolate(logits.float(), size=next_size, mode="bilinear", align_corners=False)
         blocked = small.sigmoid().flatten(2) < 0.5  # True = may not attend
         blocked = blocked.unsqueeze(1).repeat(1, self.cfg.num_heads, 1, 1).flatten(0, 1)
@@ -122,7 +138,13 @@ class MaskDecoder(nn.Module):
             multi_scale_features: three maps [B, C, h, w], coarse to fine.
             mask_features: [B, mask_dim, S/4, S/4].
             query: the description embedding [B, 1, C].
+
+        Several questions about one image (features repeated as stride-0 views, ``ImageFeatures.repeat``)
+        share that image's memory: its projections and mask products are computed once, not per question.
         """
+        if mask_features.shape[0] > 1 and all(t.stride(0) == 0 for t in (mask_features, *multi_scale_features)):
+            mask_features = mask_features[:1]
+            multi_scale_features = [x[:1] for x in multi_scale_features]
         srcs, pos, sizes = [], [], []
         for i, x in enumerate(multi_scale_features):
             h, w = x.shape[-2:]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import PixelDecoderConfig
+from .conv import Conv2d
 from .deform_attn import MSDeformAttn
 from .position_encoding import sine_position_encoding
 
@@ -88,21 +89,6 @@ class DeformableTransformer(nn.Module):
         for layer in self.encoder.layers:
             src = layer(src, pos_flat, ref, shapes)
         return src, shapes
-
-
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that convolves bf16/fp16 inputs on CPU in fp32 and rounds the result once.
-
-    Without native bf16 hardware PyTorch's reduced-precision CPU convolution is a naive kernel
-    (~150x slower than fp32; 86% of a bf16 pixel-decoder pass). fp32 accumulation and one rounding
-    is what a reduced-precision convolution computes anyway, up to summation order.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float16):
-            return super().forward(x)
-        bias = None if self.bias is None else self.bias.float()
-        return self._conv_forward(x.float(), self.weight.float(), bias).to(x.dtype)
 
 
 def _conv_gn(cin: int, cout: int, k: int, groups: int, relu: bool) -> nn.Sequential:

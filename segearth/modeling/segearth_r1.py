@@ -39,17 +39,23 @@ class ImageFeatures:
     visual_tokens: torch.Tensor  # [B, N, D]
     pixel: PixelDecoderOutput
 
-    def select(self, index: torch.Tensor | list[int]) -> ImageFeatures:
-        """Features of the given batch rows (e.g. one image repeated for several questions)."""
-        idx = torch.as_tensor(index, device=self.visual_tokens.device)
+    def repeat(self, n: int) -> ImageFeatures:
+        """The features of one image as a batch of ``n`` (several questions about it): stride-0 views,
+        not copies (at the released size a copy is ~180 MB per question)."""
+        if self.visual_tokens.shape[0] != 1:
+            raise ValueError(f"repeat() takes the features of one image, got a batch of {self.visual_tokens.shape[0]}")
+
+        def rep(t: torch.Tensor) -> torch.Tensor:
+            return t.expand(n, *t.shape[1:])
+
         px = self.pixel
         return ImageFeatures(
-            res=tuple(r[idx] for r in self.res),
-            visual_tokens=self.visual_tokens[idx],
+            res=tuple(rep(r) for r in self.res),
+            visual_tokens=rep(self.visual_tokens),
             pixel=PixelDecoderOutput(
-                mask_features=px.mask_features[idx],
-                multi_scale_features=[m[idx] for m in px.multi_scale_features],
-                encoder_memory=px.encoder_memory[idx],
+                mask_features=rep(px.mask_features),
+                multi_scale_features=[rep(m) for m in px.multi_scale_features],
+                encoder_memory=rep(px.encoder_memory),
                 spatial_shapes=px.spatial_shapes,
             ),
         )
