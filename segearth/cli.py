@@ -116,7 +116,7 @@ def predict(
                               "(RRSIS-D). Models trained with one template always use it."),
     device: str = typer.Option("cpu", help="Torch device (cpu, cuda, mps)."),
     dtype: DType = typer.Option(DType.auto, help="Precision of the model. auto: float32 on CPUs without native "
-                                "bf16 (bfloat16 is emulated there: 2-10x slower), bfloat16 on CUDA and AMX CPUs."),
+                                "bf16 (bfloat16 is emulated there: 2-3x slower), bfloat16 on CUDA and AMX CPUs."),
     quantize: Quantize = typer.Option(Quantize.none, help="int8: Linear weights stored as int8 (CPU, float32): "
                                       "faster and smaller, masks agree closely but not exactly with float32."),
     overwrite: bool = typer.Option(False, help="Replace existing output files."),

@@ -34,8 +34,8 @@ class DType(str, Enum):
     def torch(self, device: str = "cpu") -> Any:
         """The torch dtype; ``auto``: bfloat16 on CUDA and on CPUs with AMX, else float32.
 
-        A CPU without native bf16 arithmetic (no AMX) emulates it: the released model's forward measured
-        ~2x slower than float32 on Ice Lake and ~10x on Zen 3 (benchmarks/released.py), so float32 is its
+        A CPU without native bf16 arithmetic (no AMX) emulates it: a released-size question measured ~2x
+        slower than float32 on Ice Lake and 2.8x on Zen 3 (benchmarks/released.py), so float32 is its
         default there.
         """
         import torch
