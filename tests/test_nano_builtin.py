@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from typer.testing import CliRunner
 
 from segearth.cli import app
@@ -57,6 +58,22 @@ def test_int8_quantisation_agrees_with_float32_on_the_example_scene():
         a, b = fp32.predict(image, question).mask, int8.predict(image, question).mask
         assert 0.02 < a.mean() < 0.98  # a real answer, not an empty or full mask that agrees by default
         assert _iou(a, b) > 0.9, question  # measured 0.91-1.0 over 12 answers (benchmarks/quantize.py)
+
+
+def test_nano_batched_questions_equal_one_by_one():
+    # MiniLM has no prefix cache: a batch runs the whole prompt per question on the image's features
+    # repeated as views, through the mask decoder's shared-memory path.
+    from segearth.api import load_predictor
+    from segearth.geo.read import read_overview
+
+    predictor, _ = load_predictor(dtype="float32")
+    predictor.set_image(read_overview(REPO_EXAMPLE, 384).image)
+    questions = ["where could a boat travel?", "the buildings", "the roads"]
+    batched = predictor.predict_batch(questions)
+    for question, answer in zip(questions, batched, strict=True):
+        single = predictor.predict(question)
+        assert answer.question == question
+        assert torch.allclose(answer.low_res_logits, single.low_res_logits, atol=1e-4)
 
 
 def test_int8_refuses_what_it_cannot_do():
