@@ -143,13 +143,10 @@ def mask_iou(a_path: Path, b_path: Path) -> float:
 def print_table(rows: list[dict]) -> None:
     base = rows[0]
 
-    def cell(r: dict, key: str, fmt: str = "{:.2f}") -> str:
-        value = r["stages"].get(key, 0.0) if key in LABELS else r[key]
-        if isinstance(value, str):
-            return value
-        ref = base["stages"].get(key, 0.0) if key in LABELS else base[key]
-        ratio = f" ({value / ref:.2f}x)" if r is not base and isinstance(ref, float) and ref > 0 else ""
-        return fmt.format(value) + ratio
+    def cell(r: dict, key: str) -> str:
+        """The value with its ratio to the first column's."""
+        value, ref = ((row["stages"].get(key, 0.0) if key in LABELS else row[key]) for row in (r, base))
+        return f"{value:.2f}" + (f" ({value / ref:.2f}x)" if r is not base and ref > 0 else "")
 
     print(f"| released config, {base['threads']} threads | " + " | ".join(r["mode"] for r in rows) + " |")
     print("|---|" + "---:|" * len(rows))

@@ -20,8 +20,8 @@ from .errors import InputError
 def quantize_int8(model: nn.Module) -> nn.Module:
     """``model`` with its Linear layers dynamically quantised to int8 in place (CPU, float32 models only).
 
-    In place: a copy would hold a second float32 model while quantising (at the released size, 14 GB
-    peak instead of 6.6 GB); each float32 weight is freed as its layer is replaced."""
+    In place: a copy would hold a second float32 model while quantising (at the released size, loading
+    plus quantising peaked 14.2 GB above the baseline with a copy, 8.7 GB in place; benchmarks/released.py)."""
     params = list(model.parameters())
     if any(p.device.type != "cpu" for p in params):
         raise InputError("--quantize int8 runs on the CPU only; drop --device or --quantize")
