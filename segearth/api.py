@@ -41,18 +41,24 @@ def load_predictor(model: str | Path | None = None, task: str = "reasoning", dev
                    dtype: str = "auto", quantize: str = "none") -> tuple[Predictor, str]:
     """A :class:`Predictor` for ``model`` (built-in name, folder or hub id) and the model's display name.
 
-    ``dtype="auto"`` is float32 on CPUs without native bf16 (faster there), bfloat16 on CUDA and AMX CPUs;
+    ``dtype="auto"`` is bfloat16 on CUDA and, for large models, on CPUs with native bf16 (AMX,
+    AVX512-BF16), float32 elsewhere (:meth:`DType.torch`);
     ``quantize="int8"`` stores the Linear weights as int8 (CPU, float32; see :mod:`segearth.quantize`).
     """
     from .checkpoint import load_model_and_tokenizer
+    from .checkpoint_io import stored_parameters
     from .weights import resolve_model
 
     quantize = choice(Quantize, quantize, "quantize")
     chosen = choice(DType, dtype, "dtype")
-    # int8 quantises a float32 model, so "auto" means float32 then
-    torch_dtype = torch.float32 if quantize is Quantize.int8 and chosen is DType.auto else chosen.torch(device)
     prompt_task: PromptTask = choice(Task, task, "task").value
     folder = resolve_model(model)
+    # int8 quantises a float32 model, so "auto" means float32 then
+    if quantize is Quantize.int8 and chosen is DType.auto:
+        torch_dtype = torch.float32
+    else:
+        parameters = stored_parameters(folder) if chosen is DType.auto and device == "cpu" else None
+        torch_dtype = chosen.torch(device, parameters)
     net, tokenizer = load_model_and_tokenizer(folder, device=device, dtype=torch_dtype)
     if quantize is Quantize.int8:
         from .quantize import quantize_int8

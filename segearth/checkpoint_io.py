@@ -10,6 +10,7 @@ before the first tensor is read. Every floating tensor is checked finite as it i
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -165,6 +166,14 @@ def open_weights(folder: Path) -> CheckpointTensors:
                 "Only weights_only pickles are read; convert the checkpoint to safetensors."
             ) from None
     return InMemoryTensors(tensors, ", ".join(str(f) for f in bins))
+
+
+def stored_parameters(folder: Path) -> int | None:
+    """How many values the folder's ``*.safetensors`` files hold (headers only); None without them."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    return sum(math.prod(shape) for shape in SafetensorsFiles(files).shapes.values())
 
 
 def check_finite(t: torch.Tensor, key: str, origin: str, converted_from: torch.dtype | None = None) -> None:

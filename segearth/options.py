@@ -31,12 +31,14 @@ class DType(str, Enum):
     bfloat16 = "bfloat16"
     float16 = "float16"
 
-    def torch(self, device: str = "cpu") -> Any:
-        """The torch dtype; ``auto``: bfloat16 on CUDA and on CPUs with AMX, else float32.
+    def torch(self, device: str = "cpu", parameters: int | None = None) -> Any:
+        """The torch dtype; ``auto``: bfloat16 on CUDA, and on CPUs with native bf16 arithmetic (AMX or
+        AVX512-BF16) for models of at least :data:`AUTO_BF16_MIN_PARAMETERS` stored ``parameters``
+        (None: unknown, counted as large); float32 otherwise.
 
-        A CPU without native bf16 arithmetic (no AMX) emulates it: a released-size question measured ~2x
-        slower than float32 on Ice Lake and 2.8x on Zen 3 (benchmarks/released.py), so float32 is its
-        default there.
+        Measured with benchmarks/released.py (released size, 2 threads): on Zen 4 (AVX512-BF16) bfloat16
+        answers the first question 2.2x faster than float32 with the same mask; a CPU without native
+        bf16 emulates it, ~2x slower than float32 on Ice Lake and 2.8x on Zen 3, so float32 is its default.
         """
         import torch
 
@@ -44,15 +46,27 @@ class DType(str, Enum):
             return getattr(torch, self.value)
         if str(device).startswith("cuda"):
             return torch.bfloat16
-        return torch.bfloat16 if str(device) == "cpu" and _cpu_has_amx() else torch.float32
+        large = parameters is None or parameters >= AUTO_BF16_MIN_PARAMETERS
+        return torch.bfloat16 if str(device) == "cpu" and large and cpu_has_native_bf16() else torch.float32
 
 
-def _cpu_has_amx() -> bool:
+#: Below this many stored parameters a CPU question costs overhead, not matrix products: bf16 gains
+#: nothing there (segearth-nano on Zen 4: the same 0.12 s as float32) and only rounds the mask (IoU
+#: 0.97-1.0 with float32), so ``auto`` keeps float32 and the built-in model answers alike on every CPU.
+AUTO_BF16_MIN_PARAMETERS = 100_000_000
+
+#: /proc/cpuinfo flags of x86 CPUs that compute bf16 products natively (AMX tiles, AVX-512 dot products).
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (then bf16 is the faster CPU precision)."""
     try:
         with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read()
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
         return False
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
 class Quantize(str, Enum):

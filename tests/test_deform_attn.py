@@ -159,9 +159,15 @@ def test_pixel_decoder_samples_at_fp32_locations_under_bf16(monkeypatch):
     assert torch.equal(seen[0], expected.expand_as(seen[0]))
 
 
-def test_pixel_decoder_convolves_in_fp32_under_bf16():
-    """Reduced-precision CPU convolutions are a naive kernel (~150x slower): the bf16 decoder must
-    hand every convolution fp32 tensors and still return bf16 within one rounding of fp32."""
+@pytest.mark.parametrize("native", [False, True])
+def test_pixel_decoder_convolves_bf16_natively_or_in_fp32(monkeypatch, native):
+    """Where bf16 is emulated, reduced-precision CPU convolutions are a naive kernel (~150x slower): the
+    bf16 decoder must hand every convolution fp32 tensors; where it is native (AMX, AVX512-BF16), bf16
+    ones. Either way it returns bf16 within one rounding of fp32."""
+    import segearth.modeling.conv as conv_module
+    from segearth.options import cpu_has_native_bf16
+
+    monkeypatch.setattr(conv_module, "_native_bf16", lambda: native)
     torch.manual_seed(0)
     cfg = PixelDecoderConfig(conv_dim=32, mask_dim=32, num_encoder_layers=1, num_heads=4, num_points=2)
     decoder = PixelDecoder(cfg, (8, 8, 8, 8)).bfloat16()
@@ -179,11 +185,13 @@ def test_pixel_decoder_convolves_in_fp32_under_bf16():
 
     with torch.no_grad(), ConvolutionDtypes() as spy:
         out = decoder(features)
-    assert len(spy.dtypes) == 6 and set(spy.dtypes) == {torch.float32}
+    assert len(spy.dtypes) == 6 and set(spy.dtypes) == {torch.bfloat16 if native else torch.float32}
     assert out.mask_features.dtype == torch.bfloat16
 
     conv = decoder.layer_1[0]
     x = torch.randn(1, 32, 9, 7, dtype=torch.bfloat16)
     exact = F.conv2d(x.float(), conv.weight.float(), conv.bias.float(), padding=1)
+    if native and not cpu_has_native_bf16():
+        return  # the branch's dispatch is checked above; its numbers are those of this CPU's naive kernel
     with torch.no_grad():
-        assert ((conv(x).float() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+        assert ((conv(x).float() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()  # one rounding to bf16

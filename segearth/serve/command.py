@@ -113,7 +113,8 @@ def serve(
     ] = "cpu",
     dtype: Annotated[
         DType,
-        typer.Option(help="Precision of the model. auto: float32 on CPUs without native bf16, bfloat16 on CUDA/AMX."),
+        typer.Option(help="Precision of the model. auto: bfloat16 on CUDA, and on CPUs with native bf16 "
+                          "(AMX, AVX512-BF16) for models of 100 M parameters or more; else float32."),
     ] = DType.auto,
     debug: Annotated[
         bool,
