@@ -19,6 +19,7 @@ from PIL import Image
 
 from segearth.modeling.prompt import IGNORE_INDEX
 from segearth.train.checkpointing import (
+    best_checkpoint,
     latest_checkpoint,
     prune,
     publish,
@@ -163,6 +164,20 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-6"
     prune(tmp_path, keep_last=2)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_pruning_keeps_the_best_validated_checkpoint(tmp_path):
+    scores = {2: 0.30, 4: 0.35, 6: 0.31, 8: 0.33}
+    for step, giou in scores.items():
+        staging = temp_dir(tmp_path, step)
+        staging.mkdir()
+        # Step 8's state carries step 6's evaluation: it was not validated itself.
+        evaluated = {"step": step if step != 8 else 6, "gIoU": giou if step != 8 else 0.9}
+        write_state(staging, {"step": step, "last_eval": evaluated})
+        publish(staging, tmp_path / f"checkpoint-{step}")
+        prune(tmp_path, keep_last=2)
+    assert best_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
 
 
 def test_lora_export_is_merged_and_loadable(tmp_path):

@@ -88,10 +88,26 @@ def publish(staging: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
+def best_checkpoint(output_dir: Path, metric: str = "gIoU") -> Path | None:
+    """The complete checkpoint whose own validation (run at its step) scored highest on ``metric``."""
+    best, best_score = None, float("-inf")
+    for step, path in checkpoint_dirs(output_dir):
+        evaluated = read_state(path).get("last_eval") or {}
+        if evaluated.get("step") == step and evaluated.get(metric, float("-inf")) > best_score:
+            best, best_score = path, evaluated[metric]
+    return best
+
+
 def prune(output_dir: Path, keep_last: int) -> None:
-    """Delete all but the ``keep_last`` newest complete checkpoints."""
+    """Delete all but the ``keep_last`` newest complete checkpoints and the best validated one.
+
+    The best is kept because validation scores rise and fall: the newest checkpoints are needed to
+    resume, the best one is the one to ship.
+    """
+    best = best_checkpoint(output_dir)
     for _, path in checkpoint_dirs(output_dir)[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
+        if path != best:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def clean_staging(output_dir: Path) -> None:
