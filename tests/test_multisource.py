@@ -70,6 +70,18 @@ def test_questions_follow_presence_absence_and_unknown():
     assert absent.load_mask().sum() == 0
 
 
+def test_a_weak_class_known_almost_everywhere_and_empty_is_absent():
+    dry = np.zeros((40, 40), np.uint8)  # an index says "surely not water" on every pixel
+    patchy = np.zeros((40, 40), np.uint8)
+    patchy[:4] = UNKNOWN  # 10 % between the thresholds: too little known to call it absent
+    image = np.zeros((40, 40, 3), np.uint8)
+    scene = LabelledScene("toy/w", "toy", "toy", Path("toy.png"), lambda: image,
+                          lambda: {"water": dry, "vegetation": patchy}, classes=("water", "vegetation"),
+                          weak=("water", "vegetation"))
+    samples = scene_questions(scene, seed=0, heldout=False, reasoning_per_class=1, min_fraction=0.01)
+    assert {(s.class_name, s.kind) for s in samples} == {("water", "absent")}
+
+
 def test_validation_asks_each_question_seen_and_heldout():
     water = np.zeros((40, 40), np.uint8)
     water[:10] = 1
@@ -183,8 +195,29 @@ def test_sentinel2_labels_are_unknown_off_the_polygons():
         assert (labels[name] == UNKNOWN).mean() > 0.3, name
     # Water is mostly known through NDWI, and every OSM water polygon is water.
     assert (labels["water"] == UNKNOWN).mean() < 0.3
+    # Vegetation: forest is vegetation, water (even inside a forest polygon) is not, NDVI decides part
+    # of the rest.
+    assert (labels["vegetation"][(labels["trees"] == 1) & (labels["water"] != 1)] == 1).all()
+    assert (labels["vegetation"][labels["water"] == 1] == 0).all()
+    assert (labels["vegetation"] == 1).any() and (labels["vegetation"] == 0).any()
     rgb, irrg = scenes[0].image(), scenes[1].image()
     assert rgb.shape == irrg.shape == (384, 384, 3) and not np.array_equal(rgb, irrg)
+
+
+@pytest.mark.needs_shared(DATA / "fair_buildings")
+def test_fair_vegetation_is_green_and_never_a_building():
+    from segearth.data.fair_buildings import fair_scenes
+    from segearth.data.scenes import excess_green
+
+    scene = next(s for s in fair_scenes(DATA / "fair_buildings") if s.id.endswith("zanzibar-z21-1277168-1083840"))
+    labels, image = scene.labels(), scene.image()
+    vegetation, building = labels["vegetation"], labels["building"]
+    assert (vegetation[building == 1] == 0).all()
+    assert 0.2 < (vegetation == 1).mean() < 0.9 and (vegetation == 0).any() and (vegetation == UNKNOWN).any()
+    green = image[vegetation == 1].astype(int)
+    assert (green[:, 1] > green[:, 0]).mean() > 0.95 and (green[:, 1] > green[:, 2]).mean() > 0.95
+    pixel = np.array([[[40, 120, 30], [128, 128, 128], [0, 0, 0]]], np.uint8)  # leaf, grey roof, black
+    assert excess_green(pixel)[0, 0] > 0.3 and excess_green(pixel)[0, 1] == 0 and excess_green(pixel)[0, 2] == 0
 
 
 @pytest.mark.needs_shared(DATA / "geotiff")

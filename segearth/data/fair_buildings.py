@@ -7,8 +7,11 @@ On-disk layout (``<root>/fair_buildings``)::
     <name>_mask.png            0 = background, 255 = building (OSM polygons burnt by pixel centre)
 
 Every pixel is labelled for ``building`` (a complete class: mosaics without buildings are honest
-absent cases). The mosaics of one place exist at three zooms, so the split unit is the city:
-:data:`VAL_CITIES` are held out from training.
+absent cases). ``vegetation`` is a weak label from the visible-band excess-green index (these
+mosaics have no NIR band): > :data:`EXG_GREEN` vegetation; < :data:`EXG_BARE` on a pixel not darker
+than :data:`MIN_GREY` surely not (shadows are unknown); buildings are never vegetation. The mosaics
+of one place exist at three zooms, so the split unit is the city: :data:`VAL_CITIES` are held out
+from training.
 """
 
 from __future__ import annotations
@@ -20,15 +23,25 @@ from pathlib import Path
 import numpy as np
 
 from segearth.data.io import read_gray, read_rgb, require_file
-from segearth.data.scenes import LabelledScene, LabelMaps
+from segearth.data.sample import UNKNOWN
+from segearth.data.scenes import LabelledScene, LabelMaps, excess_green
 
 SOURCE = "fair_buildings"
 VAL_CITIES = ("kampala",)
 BUILDING_VALUE = 255
+#: Excess-green thresholds (checked on overlays of mosaics of all three cities and zooms).
+EXG_GREEN, EXG_BARE, MIN_GREY = 0.12, 0.03, 50
 
 
-def _labels(mask_path: Path) -> LabelMaps:
-    return {"building": (read_gray(mask_path) == BUILDING_VALUE).astype(np.uint8)}
+def _labels(image_path: Path, mask_path: Path) -> LabelMaps:
+    building = read_gray(mask_path) == BUILDING_VALUE
+    rgb = read_rgb(image_path)
+    exg = excess_green(rgb)
+    vegetation = np.full(building.shape, UNKNOWN, np.uint8)
+    vegetation[(exg < EXG_BARE) & (rgb.mean(axis=-1) >= MIN_GREY)] = 0
+    vegetation[exg > EXG_GREEN] = 1
+    vegetation[building] = 0
+    return {"building": building.astype(np.uint8), "vegetation": vegetation}
 
 
 def fair_scenes(folder: Path) -> list[LabelledScene]:
@@ -41,7 +54,7 @@ def fair_scenes(folder: Path) -> list[LabelledScene]:
             mask = require_file(folder / f"{row['name']}_mask.png", "fAIr building mask")
             scenes.append(LabelledScene(
                 id=f"{SOURCE}/{row['name']}", source=SOURCE, place=row["city"], image_path=image,
-                image=partial(read_rgb, image), labels=partial(_labels, mask),
-                classes=("building",), complete=("building",),
+                image=partial(read_rgb, image), labels=partial(_labels, image, mask),
+                classes=("building", "vegetation"), complete=("building",), weak=("vegetation",),
             ))
     return scenes

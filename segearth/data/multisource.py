@@ -9,9 +9,11 @@ source                      reader                            classes           
 ``dubai``                   :mod:`segearth.data.landcover`    building, land, road,        land cover's split
                                                               vegetation, water            (val: ``tile_6``)
 ``massachusetts_roads``     :mod:`segearth.data.landcover`    road                         land cover's split
-``fair_buildings``          :mod:`segearth.data.fair_buildings`  building                  val: Kampala
+``fair_buildings``          :mod:`segearth.data.fair_buildings`  building, vegetation    val: Kampala
+                                                              (weak excess green)
 ``sentinel2_brandenburg``   :mod:`segearth.data.sentinel2`    farmland, trees, grass,      val: the eastern
- (+ ``_irrg`` false colour)                                   water (weak NDWI)            384 px
+ (+ ``_irrg`` false colour)                                   water (weak NDWI),           384 px
+                                                              vegetation (weak NDVI)
 ``naip``, ``spacenet_pan``  :mod:`segearth.data.geotiff_samples`  water, vegetation (weak),  val only
                                                               building
 ==========================  ================================  ===========================  =====================

@@ -41,8 +41,8 @@ class LabelledScene:
         image: zero-argument callable returning ``uint8 [H, W, 3]`` RGB.
         labels: zero-argument callable returning ``{class: uint8 [H, W]}`` for every class in
             ``classes``, values in {0, 1, UNKNOWN}.
-        complete: classes labelled on every pixel, so that "no pixel" means absent (only those get
-            absent-class questions).
+        complete: classes labelled on every pixel, so that "no pixel" means absent (these and the
+            weak classes get absent-class questions where almost every pixel is known).
         weak: classes whose labels come from a spectral index, not from people (model card).
     """
 
@@ -86,7 +86,9 @@ def scene_questions(scene: LabelledScene, *, seed: int, heldout: bool | None, re
 
     Every class covering at least ``min_fraction`` of its known pixels (and known on at least
     ``min_known`` of the image) gets one referring expression and ``reasoning_per_class`` reasoning
-    questions; every *complete* class with no pixel at all gets one absent question (empty target).
+    questions; every *complete* or *weak* class (a spectral index labels every pixel it is sure of)
+    with no pixel at all, known on at least :data:`MIN_KNOWN_FOR_ABSENT` of the image, gets one absent
+    question (empty target).
     ``heldout``: False draws seen phrasings (training), True held-out ones, None both — every
     question twice, once seen and once held-out (validation, to compare the two).
     """
@@ -105,7 +107,7 @@ def scene_questions(scene: LabelledScene, *, seed: int, heldout: bool | None, re
                 samples.append(make("referring", 0, rng.choice(referring), None))
                 for k, q in enumerate(rng.sample(reasoning, min(reasoning_per_class, len(reasoning)))):
                     samples.append(make("reasoning", k, q, table.answer))
-            elif fraction == 0 and name in scene.complete and known >= MIN_KNOWN_FOR_ABSENT:
+            elif fraction == 0 and name in scene.complete + scene.weak and known >= MIN_KNOWN_FOR_ABSENT:
                 samples.append(make("absent", 0, rng.choice(referring + reasoning), NO_TARGET_ANSWER))
     return samples
 
@@ -160,6 +162,17 @@ def index_labels(index: np.ndarray, positive: float, negative: float, greater: b
         out[index < positive] = 1
         out[index > negative] = 0
     return out
+
+
+def excess_green(rgb: np.ndarray) -> np.ndarray:
+    """Normalised excess green ``(2G - R - B) / (R + G + B)`` of ``uint8 [H, W, 3]``, float32, 0 on black.
+
+    The visible-band vegetation index for imagery without a NIR band: green leaves and grass score
+    high, roofs, soil, asphalt and water low (also in the shade, the ratio does not depend on brightness).
+    """
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    total = r + g + b
+    return np.divide(2 * g - r - b, total, out=np.zeros_like(total), where=total != 0)
 
 
 def normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -8,8 +8,11 @@ On-disk layout (``<root>/sentinel2_brandenburg``)::
 The polygons cover 31 % of the scene, so an unlabelled pixel is *unknown*, not background: a class's
 map is 1 inside its polygons, 0 inside the polygons of classes that exclude it, unknown elsewhere.
 Water adds a weak label from NDWI (green vs NIR; > 0.15 water, < -0.1 surely not), because the
-polygons only hold lakes of 1-50 ha and miss the Havel. No class is complete, so there are no
-absent questions here.
+polygons only hold lakes of 1-50 ha and miss the Havel. Vegetation is forest, meadow, grass and scrub
+polygons plus a weak NDVI label (> 0.3 green, < 0.1 surely bare; top-of-atmosphere NDVI in February
+is low: its median over the scene is 0.19, so these thresholds are conservative). No class is
+complete; water and vegetation, being weak labels of every pixel, can be absent from a chip (see
+:func:`segearth.data.scenes.scene_questions`).
 
 Chips: the western part (x < :data:`VAL_X0` - a gap) is cut into 256 px chips for training, the
 eastern 384 px into two 384 px chips for validation. Each chip is rendered twice, true colour
@@ -43,8 +46,10 @@ CLASSES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "trees": (("forest",), ("farm", "water", "meadow", "grass")),
     "grass": (("meadow", "grass"), ("forest", "water", "residential", "farm")),
     "water": (("water",), ("forest", "residential", "meadow", "grass", "farm", "scrub")),
+    "vegetation": (("forest", "meadow", "grass", "scrub"), ("water",)),
 }
 NDWI_WATER, NDWI_DRY = 0.15, -0.1
+NDVI_GREEN, NDVI_BARE = 0.3, 0.1
 
 
 @lru_cache(maxsize=1)
@@ -55,7 +60,7 @@ def _scene_labels(folder: Path) -> LabelMaps:
     fclass = fields[list(meta["fields"]).index("fclass")]
     with rasterio.open(image) as ds:
         shape, transform = (ds.height, ds.width), ds.transform
-        green, nir = ds.read(2), ds.read(4)
+        red, green, nir = ds.read(1), ds.read(2), ds.read(4)
     polygons = shapely.from_wkb(geometry)
 
     def burn(classes: tuple[str, ...]) -> np.ndarray:
@@ -66,10 +71,14 @@ def _scene_labels(folder: Path) -> LabelMaps:
 
     ndwi = normalized_difference(green, nir)
     wet, dry = ndwi > NDWI_WATER, ndwi < NDWI_DRY
+    ndvi = normalized_difference(nir, red)
     labels = {}
     for name, (positive, negative) in CLASSES.items():
         out = np.full(shape, UNKNOWN, np.uint8)
         out[burn(negative)] = 0
+        if name == "vegetation":
+            out[ndvi < NDVI_BARE] = 0
+            out[ndvi > NDVI_GREEN] = 1
         if name == "water":
             out[dry] = 0
             out[wet] = 1
@@ -77,6 +86,7 @@ def _scene_labels(folder: Path) -> LabelMaps:
             out[wet] = 0
         out[burn(positive)] = 1
         labels[name] = out
+    labels["vegetation"][labels["water"] == 1] = 0  # a pond inside a meadow polygon is not vegetation
     return labels
 
 
@@ -102,6 +112,6 @@ def sentinel2_scenes(folder: Path, split: str) -> list[LabelledScene]:
                 id=f"{place}/{render_name}", source=SOURCE if render_name == "rgb" else f"{SOURCE}_irrg",
                 place=place, image_path=image, image=partial(render, image, bands, w),
                 labels=partial(window_labels, partial(_scene_labels, folder), w),
-                classes=tuple(CLASSES), weak=("water",),
+                classes=tuple(CLASSES), weak=("water", "vegetation"),
             ))
     return scenes
