@@ -45,6 +45,7 @@ def load_predictor(model: str | Path | None = None, task: str = "reasoning", dev
     AVX512-BF16), float32 elsewhere (:meth:`DType.torch`);
     ``quantize="int8"`` stores the Linear weights as int8 (CPU, float32; see :mod:`segearth.quantize`).
     """
+    from .allocator import keep_freed_memory
     from .checkpoint import load_model_and_tokenizer
     from .checkpoint_io import stored_parameters
     from .weights import resolve_model
@@ -64,6 +65,8 @@ def load_predictor(model: str | Path | None = None, task: str = "reasoning", dev
         from .quantize import quantize_int8
 
         net = quantize_int8(net)
+    # After loading: the weights keep their own mappings, the activations of every question reuse pages
+    keep_freed_memory()
     return Predictor(net, tokenizer, task=prompt_task), display_name(model)
 
 
