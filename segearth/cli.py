@@ -117,7 +117,7 @@ def predict(
     device: str = typer.Option("cpu", help="Torch device (cpu, cuda, mps)."),
     dtype: DType = typer.Option(DType.auto, help="Precision of the model. auto: bfloat16 on CUDA, and on CPUs with "
                                 "native bf16 (AMX, AVX512-BF16) for models of 100 M parameters or more (released "
-                                "size: 2.2x faster there); float32 for the built-in nano and on other CPUs (bf16 is "
+                                "size: ~2x faster there); float32 for the built-in nano and on other CPUs (bf16 is "
                                 "emulated there: 2-3x slower)."),
     quantize: Quantize = typer.Option(Quantize.none, help="int8: Linear weights stored as int8 (CPU, float32): "
                                       "faster and smaller, masks agree closely but not exactly with float32."),

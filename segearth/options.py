@@ -37,7 +37,7 @@ class DType(str, Enum):
         (None: unknown, counted as large); float32 otherwise.
 
         Measured with benchmarks/released.py (released size, 2 threads): on Zen 4 (AVX512-BF16) bfloat16
-        answers the first question 2.2x faster than float32 with the same mask; a CPU without native
+        answers the first question 1.7-2.2x faster than float32 with the same mask; a CPU without native
         bf16 emulates it, ~2x slower than float32 on Ice Lake and 2.8x on Zen 3, so float32 is its default.
         """
         import torch
