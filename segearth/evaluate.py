@@ -260,7 +260,7 @@ def evaluate(
                 records.append(SampleRecord(sample.id, str(sample.image_path), sample.question, sample.kind,
                                             sample.class_name, score.iou, score.intersection, score.union,
                                             int(truth.sum()), int((binary & known).sum()), baseline_iou,
-                                            sample.source, sample.phrasing))
+                                            sample.source, sample.phrasing, pred.scores.max_probability))
                 collector.offer(sample, score.iou, score.union, shown, truth, binary)
                 if on_sample:
                     on_sample(sample)
@@ -373,9 +373,10 @@ def eval_command(
     Baselines in the same report: predict nothing, predict the whole image (and, for paper, the
     whole canvas with its padding), and an oracle that knows the class but sees only pixel colours.
 
-    Writes into --out: report.json (all numbers), report.md (tables), samples.csv (one row per
-    sample: id, question, kind, class, source, phrasing, IoU, I, U, baselines) and cases.png (best
-    and worst cases: image, truth in green, prediction in magenta, question).
+    Writes into --out: report.json (all numbers), report.md (tables; with absent-class questions, how
+    thresholds on max_probability tell them from the rest), samples.csv (one row per sample: id,
+    question, kind, class, source, phrasing, IoU, I, U, max_probability, baselines) and cases.png
+    (best and worst cases: image, truth in green, prediction in magenta, question).
 
     Examples:
       segearth eval -d earthreason --data-root data/ --split test -m SegEarth-R1-EarthReason/

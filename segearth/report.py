@@ -67,6 +67,7 @@ class SampleRecord:
     baseline_iou: dict[str, float]
     source: str | None = None
     phrasing: str | None = None
+    max_probability: float | None = None  # the answer's "is it here?" score (predictor.Scores)
 
 
 @dataclass
@@ -249,6 +250,7 @@ def markdown(result: EvalResult, meta: dict[str, Any]) -> str:
             n = int(summary["model"][group][label]["n"])
             cells = [f"{_pct(s[group][label]['gIoU'])} / {_pct(s[group][label]['cIoU'])}" for s in summary.values()]
             lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
+    lines += _presence_lines(result.records)
     lines += ["", "## Methods", ""]
     lines += [f"- **{names[key]}**: {text}" for key, text in result.method_descriptions.items()]
     if result.notes:
@@ -256,13 +258,39 @@ def markdown(result: EvalResult, meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Thresholds on ``max_probability`` tabulated for "is it here?" (0.5: the mask itself is empty or not).
+PRESENCE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _presence_lines(records: list[SampleRecord]) -> list[str]:
+    """Where absent-class questions exist: how a threshold on ``max_probability`` separates them from
+    the rest (the trade a user makes when thresholding the score)."""
+    scored = [(r.kind, r.max_probability) for r in records if r.max_probability is not None]
+    absent = [p for kind, p in scored if kind == "absent"]
+    present = [p for kind, p in scored if kind != "absent"]
+    if not absent or not present:
+        return []
+    lines = ["", "## Is it here? (answer \"not here\" when max_probability < threshold)", "",
+             f"| threshold | absent questions answered \"not here\" (of {len(absent)}) | "
+             f"other questions answered \"not here\" (of {len(present)}) |", "|---:|---:|---:|"]
+    for t in PRESENCE_THRESHOLDS:
+        lines.append(f"| {t:.1f} | {_pct(_share_below(absent, t))} | {_pct(_share_below(present, t))} |")
+    return lines
+
+
+def _share_below(values: list[float], threshold: float) -> float:
+    return sum(v < threshold for v in values) / len(values)
+
+
 def _csv_rows(result: EvalResult) -> tuple[list[str], list[list[Any]]]:
     baselines = [k for k in result.method_names if k != "model"]
     header = ["id", "image", "question", "kind", "class", "source", "phrasing", "iou", "intersection", "union",
-              "target_pixels", "predicted_pixels", *(f"iou_{k}" for k in baselines)]
+              "target_pixels", "predicted_pixels", "max_probability", *(f"iou_{k}" for k in baselines)]
     rows = [
         [r.id, r.image, r.question, r.kind, r.class_name or "", r.source or "", r.phrasing or "", f"{r.iou:.6f}",
-         r.intersection, r.union, r.target_pixels, r.predicted_pixels, *(f"{r.baseline_iou[k]:.6f}" for k in baselines)]
+         r.intersection, r.union, r.target_pixels, r.predicted_pixels,
+         "" if r.max_probability is None else f"{r.max_probability:.6f}",
+         *(f"{r.baseline_iou[k]:.6f}" for k in baselines)]
         for r in result.records
     ]
     return header, rows

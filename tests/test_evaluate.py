@@ -18,7 +18,7 @@ from segearth.data import Sample
 from segearth.evaluate import ColourPrior, eval_command, evaluate, run_eval, standard_baselines
 from segearth.geo.letterbox import Letterbox
 from segearth.predictor import Prediction, Predictor
-from segearth.report import REPORT_FILES
+from segearth.report import REPORT_FILES, write_reports
 from segearth.tokenizer import byte_level_tokenizer
 
 import test_datasets
@@ -224,3 +224,23 @@ def test_eval_scores_exactly_the_mask_predict_writes(tmp_path: Path, predictor: 
     result = evaluate(predictor, [make_sample(tmp_path, "scene", image, mask)], "native", baselines=[])
     record = result.records[0]
     assert record.iou == 1.0 and record.predicted_pixels == mask.sum() == record.target_pixels
+
+
+def test_report_tabulates_the_is_it_here_threshold(tmp_path: Path) -> None:
+    """Absent-class questions and the others, split by thresholds on the answer's max_probability."""
+    image = random_rgb(16, 16).transpose(1, 2, 0)
+    full = np.ones((16, 16))
+    samples = [make_sample(tmp_path, "gone", image, np.zeros((16, 16)), kind="absent"),
+               make_sample(tmp_path, "here", image, full)]
+    stub = StubPredictor(0.8)  # probability sigmoid(0.8) = 0.69 everywhere, for every question
+    result = evaluate(stub, samples, "paper")
+    assert [r.max_probability for r in result.records] == pytest.approx([0.6900, 0.6900], abs=1e-4)
+    write_reports(result, tmp_path / "out", {"dataset": "toy", "split": "val", "model": "stub"})
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| 0.6 | 0.00 | 0.00 |" in md and "| 0.7 | 100.00 | 100.00 |" in md
+    with (tmp_path / "out" / "samples.csv").open() as fh:
+        assert [float(row["max_probability"]) for row in csv.DictReader(fh)] == pytest.approx([0.69, 0.69], abs=1e-4)
+    # Without absent questions there is nothing to separate: no section.
+    only_present = evaluate(stub, samples[1:], "paper")
+    write_reports(only_present, tmp_path / "out2", {"dataset": "toy", "split": "val", "model": "stub"})
+    assert "Is it here?" not in (tmp_path / "out2" / "report.md").read_text()
