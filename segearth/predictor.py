@@ -54,10 +54,11 @@ class Scores:
         values = values[np.isfinite(values)]
         if values.size == 0:
             return cls(0.0, 0.0, 0.0)
-        probs = sigmoid(values)
         target = values > 0
-        mean = float(probs[target].mean()) if target.any() else 0.0
-        return cls(float(target.mean()), mean, float(probs.max()))
+        mean = float(sigmoid(values[target]).mean()) if target.any() else 0.0
+        # The sigmoid is monotone: the highest probability is that of the highest logit (no full map of
+        # probabilities for a scene of hundreds of megapixels, nor for every answer `segearth eval` scores).
+        return cls(float(target.mean()), mean, float(sigmoid(values.max())))
 
     def as_dict(self) -> dict[str, float]:
         return {"target_fraction": self.target_fraction, "mean_probability": self.mean_probability,
