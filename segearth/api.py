@@ -38,8 +38,12 @@ MAX_RESULT_PIXELS = 200_000_000  # 800 MB of float32 logits per answer
 
 
 def load_predictor(model: str | Path | None = None, task: str = "reasoning", device: str = "cpu",
-                   dtype: str = "auto", quantize: str = "none") -> tuple[Predictor, str]:
+                   dtype: str = "auto", quantize: str = "none",
+                   presence_threshold: float | None = None) -> tuple[Predictor, str]:
     """A :class:`Predictor` for ``model`` (built-in name, folder or hub id) and the model's display name.
+
+    ``presence_threshold``: answers whose ``max_probability`` is below it are "not here" (empty);
+    None: the model's own (segearth-nano's calibrated one; the official rule for released models), 0: off.
 
     ``dtype="auto"`` is bfloat16 on CUDA and, for large models, on CPUs with native bf16 (AMX,
     AVX512-BF16), float32 elsewhere (:meth:`DType.torch`);
@@ -50,6 +54,8 @@ def load_predictor(model: str | Path | None = None, task: str = "reasoning", dev
     from .checkpoint_io import stored_parameters
     from .weights import resolve_model
 
+    if presence_threshold is not None and not 0.0 <= presence_threshold <= 1.0:
+        raise InputError(f"presence threshold must be a probability between 0 and 1, got {presence_threshold}")
     quantize = choice(Quantize, quantize, "quantize")
     chosen = choice(DType, dtype, "dtype")
     prompt_task: PromptTask = choice(Task, task, "task").value
@@ -67,7 +73,7 @@ def load_predictor(model: str | Path | None = None, task: str = "reasoning", dev
         net = quantize_int8(net)
     # After loading: the weights keep their own mappings, the activations of every question reuse pages
     keep_freed_memory()
-    return Predictor(net, tokenizer, task=prompt_task), display_name(model)
+    return Predictor(net, tokenizer, task=prompt_task, presence_threshold=presence_threshold), display_name(model)
 
 
 def display_name(model: str | Path | None) -> str:
@@ -80,9 +86,14 @@ def display_name(model: str | Path | None) -> str:
 
 
 def load(model: str | Path | None = None, *, device: str = "cpu", dtype: str = "auto", task: str = "reasoning",
-         quantize: str = "none") -> SegEarth:
-    """Load a model: ``None``/``"nano"`` (built-in), a checkpoint folder, or a hub id ``org/name[@revision]``."""
-    predictor, name = load_predictor(model, task=task, device=device, dtype=dtype, quantize=quantize)
+         quantize: str = "none", presence_threshold: float | None = None) -> SegEarth:
+    """Load a model: ``None``/``"nano"`` (built-in), a checkpoint folder, or a hub id ``org/name[@revision]``.
+
+    ``presence_threshold``: see :func:`load_predictor` (None: the model's own; 0: every answer with a
+    target pixel counts).
+    """
+    predictor, name = load_predictor(model, task=task, device=device, dtype=dtype, quantize=quantize,
+                                     presence_threshold=presence_threshold)
     return SegEarth(predictor, name)
 
 
@@ -98,11 +109,17 @@ class Result:
     source: str
     preview_image: np.ndarray = field(repr=False)  # RGB uint8, long side ≤ 2048, for save()/show()
     cell_px: float = field(repr=False, default=4.0)  # model output cell in pixels (default min area)
+    presence_threshold: float | None = None  # below it the answer is "not here" (Scores.present)
+
+    @property
+    def present(self) -> bool:
+        """Whether the target was found: False means "not here", an empty mask and no region."""
+        return self.scores.present(self.presence_threshold)
 
     @property
     def mask(self) -> np.ndarray:
-        """[H, W] bool target region (logit > 0); nodata is never target."""
-        return np.nan_to_num(self.logits, nan=-1.0) > 0
+        """[H, W] bool target region (logit > 0; all False when "not here"); nodata is never target."""
+        return (np.nan_to_num(self.logits, nan=-1.0) > 0) & self.present
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -149,8 +166,8 @@ class Result:
         paths = output_paths(name or output_stem(self.source, self.question, mode="api", model=self.model), opts)
         h, w = self.logits.shape
         with atomic_paths(paths, overwrite=overwrite) as tmp:
-            write_answer(iter([(Window(0, 0, w, h), self.logits)]), self._info(), self.preview_image,
-                         self.question, self.model, tmp, opts, self.cell_px)
+            write_answer(lambda: iter([(Window(0, 0, w, h), self.logits)]), self._info(), self.preview_image,
+                         self.question, self.model, tmp, opts, self.cell_px, self.presence_threshold)
         return paths
 
     def show(self, ax: Any = None, alpha: float = 0.45) -> Any:
@@ -171,7 +188,8 @@ class Result:
             _, ax = plt.subplots(figsize=(8, 8 * image.shape[0] / image.shape[1]))
         ax.imshow(image)
         ax.imshow(overlay)
-        ax.set_title(f"{self.question}  ({100 * self.scores.target_fraction:.1f} % target)")
+        found = f"{100 * self.scores.target_fraction:.1f} % target" if self.present else "not here"
+        ax.set_title(f"{self.question}  ({found})")
         ax.set_axis_off()
         return ax
 
@@ -250,7 +268,7 @@ class SegEarth:
             preview = np.asarray(Image.fromarray(image).resize((pw, ph), Image.Resampling.BILINEAR))
         cell = 4.0 * max(h, w) / self.predictor.image_size
         return [Result(q, self.predictor.predict(q).logits.numpy(), Affine.identity(), None, self.name, "array",
-                       preview, cell) for q in questions]
+                       preview, cell, self.predictor.presence_threshold) for q in questions]
 
     def _predict_raster(self, source: str | Path, questions: list[str], opts: RunOptions,
                         max_result_pixels: int) -> list[Result]:
@@ -273,5 +291,5 @@ class SegEarth:
                 for window, block in answer.blocks():
                     logits[window.toslices()] = block
                 results.append(Result(answer.question, logits, info.transform, info.crs, self.name, str(source),
-                                      preview, cell))
+                                      preview, cell, self.predictor.presence_threshold))
         return results

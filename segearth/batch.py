@@ -166,7 +166,7 @@ def progress_bar(console: Console) -> Progress:
 def run_predict_command(
     image: str, questions: list[str], model: str | None, opts: PredictOptions, *, task: str, device: str,
     dtype: str, console: Console, quantize: str = "none",
-    scale: ScaleOptions | None = None,
+    scale: ScaleOptions | None = None, presence_threshold: float | None = None,
 ) -> int:
     """Returns the exit code: 0 when every job succeeded, 1 when some batch items failed."""
     jobs, is_batch = resolve_jobs(image, questions, opts.out_dir)
@@ -176,11 +176,13 @@ def run_predict_command(
     if scale is not None:
         from .scale import run_on_ray
 
-        load = dict(task=task, device=device, dtype=dtype, quantize=quantize)  # load_predictor's, on every worker
+        load = dict(task=task, device=device, dtype=dtype, quantize=quantize,  # load_predictor's, on every worker
+                    presence_threshold=presence_threshold)
         report = run_on_ray(jobs, model, opts, scale, load, console)
         _summary(report, opts.out_dir, console)
         return 1 if report.failed else 0
-    predictor, model_name = load_predictor(model, task=task, device=device, dtype=dtype, quantize=quantize)
+    predictor, model_name = load_predictor(model, task=task, device=device, dtype=dtype, quantize=quantize,
+                                           presence_threshold=presence_threshold)
     report = BatchReport()
     with progress_bar(console) as progress:
         bar = progress.add_task("predicting", total=None)
@@ -200,7 +202,7 @@ def run_predict_command(
 
 
 def _summary(report: BatchReport, out_dir: Path, console: Console) -> None:
-    """One row per answer; a low max p means the model found little evidence of the target."""
+    """One row per answer; "not here": max p below the presence threshold (the model found too little)."""
     table = Table(title=f"segearth predict → {escape(str(out_dir))}")
     for col in ("image", "question", "regions", "target %", "mean p", "max p"):
         table.add_column(col, overflow="fold")
@@ -212,7 +214,7 @@ def _summary(report: BatchReport, out_dir: Path, console: Console) -> None:
                 table.add_row(escape(result.info.name), escape(r.question), "outputs exist, skipped", "", "", "")
                 continue
             s = r.scores
-            table.add_row(escape(result.info.name), escape(r.question), str(r.polygons),
+            table.add_row(escape(result.info.name), escape(r.question), str(r.polygons) if r.present else "not here",
                           f"{100 * s.target_fraction:.1f}", f"{s.mean_probability:.2f}", f"{s.max_probability:.2f}")
         for notice in result.notices:
             console.print(f"[yellow]note[/] {escape(notice)}", highlight=False, soft_wrap=True)

@@ -121,6 +121,10 @@ def predict(
                                 "emulated there: 2-3x slower)."),
     quantize: Quantize = typer.Option(Quantize.none, help="int8: Linear weights stored as int8 (CPU, float32): "
                                       "faster and smaller, masks agree closely but not exactly with float32."),
+    presence_threshold: float = typer.Option(None, min=0.0, max=1.0, help="Answer \"not here\" (empty mask, no "
+                                             "polygon) when an answer's max probability is below this. Default: "
+                                             "the model's own (segearth-nano: calibrated on its training "
+                                             "questions; released models: none); 0 turns it off."),
     overwrite: bool = typer.Option(False, help="Replace existing output files."),
     skip_existing: bool = typer.Option(False, help="Skip questions whose outputs already exist (resume a batch)."),
     ray: str = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (pip install 'segearth\\[ray]'): local "
@@ -144,8 +148,8 @@ def predict(
     NAME.geojson (WGS84) and NAME.gpkg (raster CRS, a layer named after the question) with one
     feature per region (question, model, area_m2, mean probability), and NAME_preview.png. Files of a
     question appear together when all are complete. Existing files are never replaced without
-    --overwrite. The table at the end gives each answer's target share and probabilities: a low max p
-    means "probably not here".
+    --overwrite. The table at the end gives each answer's target share and probabilities: an answer
+    whose max p is below the presence threshold is "not here" (its mask empty, no polygon).
 
     Examples:
       segearth predict scene.tif "where could floodwater collect?"
@@ -167,7 +171,8 @@ def predict(
             skip_existing=skip_existing, max_pixels=max_pixels,
         )
         code = run_predict_command(image, questions or [], model, opts, task=task.value, device=device,
-                                   dtype=dtype.value, quantize=quantize.value, console=console, scale=scale)
+                                   dtype=dtype.value, quantize=quantize.value, console=console, scale=scale,
+                                   presence_threshold=presence_threshold)
     except Exception as exc:  # sorted there: user error (one line) or bug
         exit_with_user_error(exc, debug)
     raise typer.Exit(code=code)

@@ -44,6 +44,7 @@ Stages = Annotated[tuple[Layers, ...], Length(4)]
 Weight = Annotated[float, Range(0)]
 Positive = Annotated[float, Range(0, low_open=True)]
 Eps = Annotated[float, Range(0, 1, low_open=True, high_open=True)]
+Probability = Annotated[float, Range(0, 1)]
 Activation = Annotated[str, OneOf(_activations)]
 PromptTask = Literal["referring", "reasoning"]
 
@@ -185,6 +186,9 @@ class SegEarthConfig:
     pixel_std: tuple[Positive, Positive, Positive] = PIXEL_STD
     # Prompt template the model was trained with; None = by dataset, as the official recipe does.
     prompt_task: PromptTask | None = None
+    # "Is it here?": an answer whose highest probability is below this is "not here" (empty mask), the
+    # model's own calibration (segearth.presence); None = the official rule alone (logit > 0).
+    presence_threshold: Probability | None = None
 
     def __post_init__(self) -> None:
         if self.image_size % 64 != 0 or self.image_size <= 0:

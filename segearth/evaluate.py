@@ -246,7 +246,8 @@ def evaluate(
             for sample, mask in zip(group, masks, strict=True):
                 pred = predictor.predict(sample.question)
                 logits = pred.canvas_logits(size) if protocol == "paper" else pred.logits
-                binary = (logits > 0).cpu().numpy()
+                # "not here" below the presence threshold, as `segearth predict` answers
+                binary = (logits > 0).cpu().numpy() & pred.scores.present(predictor.presence_threshold)
                 grid_mask = to_grid(mask)
                 truth = grid_mask == 1
                 known = grid_mask != UNKNOWN  # partially labelled scenes: unknown pixels are not scored
@@ -268,7 +269,10 @@ def evaluate(
     return EvalResult(
         protocol, size, records, scores,
         method_names={"model": "model", **{b.key: b.name for b in baselines}},
-        method_descriptions={"model": f"the model's mask: logits {where} (bilinear), > 0.",
+        method_descriptions={"model": f"the model's mask: logits {where} (bilinear), > 0" + (
+                                 "." if not predictor.presence_threshold else
+                                 f"; empty when the answer's max probability is below {predictor.presence_threshold}"
+                                 " (the presence threshold)."),
                              **{b.key: b.description for b in baselines}},
         cases=collector, n_images=len(groups), wall_s=time.perf_counter() - start,
     )
@@ -295,7 +299,7 @@ def fit_prior_for(dataset: str, split: str, data_root: Path, samples: Sequence[S
 def run_eval(dataset: str, split: str, data_root: Path, model: Path | None, out: Path, *, protocol: str = "paper",
              first_question_only: bool = False, limit: int | None = None, task: str | None = None,
              device: str = "cpu", dtype: str = "float32", overwrite: bool = False,
-             console: Console | None = None) -> EvalResult:
+             console: Console | None = None, presence_threshold: float | None = None) -> EvalResult:
     """Everything ``segearth eval`` does, raising user errors instead of exiting."""
     from .api import load_predictor
     from .metrics import PROTOCOLS
@@ -310,7 +314,7 @@ def run_eval(dataset: str, split: str, data_root: Path, model: Path | None, out:
     if not samples:
         raise InputError(f"{dataset} {split!r} under {data_root} has no samples")
     task = task or get_dataset(dataset).task
-    predictor, model_name = load_predictor(model, task, device, dtype)
+    predictor, model_name = load_predictor(model, task, device, dtype, presence_threshold=presence_threshold)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -326,7 +330,8 @@ def run_eval(dataset: str, split: str, data_root: Path, model: Path | None, out:
     if protocol == "paper" and predictor.image_size != 1024:
         result.notes.append(f"the canvas is this model's input size {predictor.image_size}, not the paper's 1024")
     meta = {"dataset": dataset, "split": split, "data_root": str(data_root), "model": model_name, "task": task,
-            "device": device, "dtype": dtype, "first_question_only": first_question_only, "limit": limit}
+            "device": device, "dtype": dtype, "first_question_only": first_question_only, "limit": limit,
+            "presence_threshold": predictor.presence_threshold}
     paths = write_reports(result, out, meta, overwrite)
     print_summary(result, console)
     console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False, soft_wrap=True)
@@ -355,6 +360,9 @@ def eval_command(
         + ", ".join(f"{d.task} for {name}" for name, d in DATASETS.items()) + ").")] = None,
     device: Annotated[str, typer.Option(help="Torch device (cpu, cuda, mps).")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 (official evaluation), bfloat16 or float16.")] = "float32",
+    presence_threshold: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="An answer whose max probability is below this is scored as an empty mask, as "
+        "`segearth predict` answers \"not here\". Default: the model's own; 0: off (the official rule).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace report files already in --out.")] = False,
     debug: Annotated[bool, typer.Option(help="Show full tracebacks.")] = False,
 ) -> None:
@@ -368,7 +376,8 @@ def eval_command(
 
     --protocol paper reproduces the paper: logits up-sampled to the model's letterboxed canvas and
     thresholded at 0, ground truth letterboxed the same way (padding counts). --protocol native
-    scores each mask at the image's own resolution.
+    scores each mask at the image's own resolution. Either way an answer below the model's presence
+    threshold (--presence-threshold) is an empty mask, as `segearth predict` gives it.
 
     Baselines in the same report: predict nothing, predict the whole image (and, for paper, the
     whole canvas with its padding), and an oracle that knows the class but sees only pixel colours.
@@ -389,6 +398,6 @@ def eval_command(
     try:
         run_eval(dataset.value, split, data_root, model, out, protocol=protocol,
                  first_question_only=first_question_only, limit=limit, task=task, device=device, dtype=dtype,
-                 overwrite=overwrite)
+                 overwrite=overwrite, presence_threshold=presence_threshold)
     except USER_ERRORS as exc:
         exit_with_user_error(exc, debug)

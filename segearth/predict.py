@@ -3,7 +3,10 @@
 :func:`predict_raster` runs :func:`segearth.pipeline.run_raster` and hands each answer's logit blocks to
 :func:`write_answer`, which streams them once: into the mask (uint8 0/255 or float32 probabilities,
 same grid, CRS and transform as the input) and into a decimated grid (long side ≤ 4096) from which
-the polygons, the preview and the scores are made.
+the polygons, the preview and the scores are made. An answer whose scores fall below the model's
+presence threshold is "not here" (:meth:`Scores.present`): its mask is written again, empty (a second
+pass over its blocks, for such answers only), with no polygon and an untinted preview; a probability
+raster keeps the probabilities.
 
 Nothing that looks like a result is ever partial: a question's files are written together through
 :func:`segearth.geo.paths.atomic_paths` (a hidden staging folder, moved into place only when all are
@@ -52,6 +55,7 @@ class QuestionResult:
     polygons: int
     scores: Scores
     skipped: bool = False  # outputs existed and skip_existing was set
+    present: bool = True  # False: "not here" (below the presence threshold), every output empty
 
     @property
     def mask(self) -> Path:
@@ -123,10 +127,11 @@ def write_mask(path: Path, blocks: Blocks, info: RasterInfo, probabilities: bool
 
 
 def trace(grid: _Decimator, info: RasterInfo, properties: dict[str, str], opts: PredictOptions,
-          cell_px: float) -> tuple[np.ndarray, list[MaskPolygon]]:
-    """The mask on the polygon grid and its polygons (``properties`` copied into each)."""
+          cell_px: float, present: bool = True) -> tuple[np.ndarray, list[MaskPolygon]]:
+    """The mask on the polygon grid and its polygons (``properties`` copied into each); both empty
+    when the answer is "not here"."""
     logits = grid.values
-    mask = np.nan_to_num(logits, nan=-1.0) > 0
+    mask = (np.nan_to_num(logits, nan=-1.0) > 0) & present
     transform = info.transform @ Affine.scale(grid.factor)
     min_area = opts.min_area
     if min_area is None:
@@ -138,8 +143,14 @@ def trace(grid: _Decimator, info: RasterInfo, properties: dict[str, str], opts: 
     return mask, polygons
 
 
+def not_here(blocks: Blocks) -> Blocks:
+    """The blocks of an empty answer: every valid pixel below the threshold, nodata kept."""
+    for window, logits in blocks:
+        yield window, np.where(np.isnan(logits), logits, np.float32(-1.0))
+
+
 def write_answer(
-    blocks: Blocks,
+    blocks: Callable[[], Blocks],
     info: RasterInfo,
     preview_image: np.ndarray,
     question: str,
@@ -147,21 +158,30 @@ def write_answer(
     paths: dict[str, Path],
     opts: PredictOptions,
     cell_px: float,
+    presence_threshold: float | None = None,
 ) -> QuestionResult:
-    """Stream one answer's logit blocks (NaN = nodata) into every output file at ``paths``.
+    """Stream one answer's logit blocks (NaN = nodata; ``blocks()`` starts a pass) into every output file
+    at ``paths``.
 
     ``cell_px`` is the model's output cell in raster pixels (the default minimum polygon area is a
-    quarter of it: smaller regions are interpolation fringes, not answers).
+    quarter of it: smaller regions are interpolation fringes, not answers). ``presence_threshold``: see
+    :meth:`Scores.present`.
     """
     grid = vector_grid(info)
     tags = {"question": question, "model": model_name}
-    write_mask(paths["mask"], blocks, info, opts.probabilities, tags, tap=grid.add)
-    mask, polygons = trace(grid, info, tags, opts, cell_px)
+    write_mask(paths["mask"], blocks(), info, opts.probabilities, tags, tap=grid.add)
+    scores = Scores.from_logits(grid.values)
+    present = scores.present(presence_threshold)
+    if not present and scores.target_fraction > 0 and not opts.probabilities:
+        tags["answer"] = (f"not here: max probability {scores.max_probability:.2f} is below the presence "
+                          f"threshold {presence_threshold}")
+        write_mask(paths["mask"], not_here(blocks()), info, False, tags)
+    mask, polygons = trace(grid, info, tags, opts, cell_px, present)
     write_geojson(paths["geojson"], polygons, info.crs, overwrite=True)
     if "gpkg" in paths:
         write_gpkg(paths["gpkg"], polygons, info.crs, overwrite=True, question=question)
     write_preview_png(paths["preview"], preview_image, mask, question, overwrite=True)
-    return QuestionResult(question, dict(paths), len(polygons), Scores.from_logits(grid.values))
+    return QuestionResult(question, dict(paths), len(polygons), scores, present=present)
 
 
 def predict_raster(
@@ -199,7 +219,8 @@ def predict_raster(
         for i, answer in zip(todo, run.answers, strict=True):
             with atomic_paths(planned[i], overwrite=replace) as tmp:
                 result.results.append(
-                    write_answer(answer.blocks(), run.info, preview, answer.question, model_name, tmp, opts, cell)
+                    write_answer(answer.blocks, run.info, preview, answer.question, model_name, tmp, opts, cell,
+                                 predictor.presence_threshold)
                 )
             result.results[-1].paths = planned[i]
     result.results.extend(skipped)

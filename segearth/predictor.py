@@ -60,6 +60,11 @@ class Scores:
         # probabilities for a scene of hundreds of megapixels, nor for every answer `segearth eval` scores).
         return cls(float(target.mean()), mean, float(sigmoid(values.max())))
 
+    def present(self, threshold: float | None) -> bool:
+        """Whether the answer says "here": some target pixel, and ``max_probability`` at least ``threshold``
+        (None: any target pixel, the official rule). Below it every output is empty: "not here"."""
+        return self.target_fraction > 0 and (threshold is None or self.max_probability >= threshold)
+
     def as_dict(self) -> dict[str, float]:
         return {"target_fraction": self.target_fraction, "mean_probability": self.mean_probability,
                 "max_probability": self.max_probability}
@@ -107,6 +112,9 @@ class ImagePredictor(Protocol):
     @property
     def image_size(self) -> int: ...
 
+    @property
+    def presence_threshold(self) -> float | None: ...
+
     def set_image(self, image: np.ndarray) -> None: ...
 
     def predict(self, question: str) -> Prediction: ...
@@ -115,9 +123,12 @@ class ImagePredictor(Protocol):
 class Predictor:
     """Question answering on a cached image for a :class:`SegEarthR1` model and its tokenizer."""
 
-    def __init__(self, model: SegEarthR1, tokenizer, task: Task = "reasoning") -> None:
+    def __init__(self, model: SegEarthR1, tokenizer, task: Task = "reasoning",
+                 presence_threshold: float | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
+        # "Is it here?" (Scores.present): the caller's threshold, else the model's calibrated one
+        self._presence_threshold = presence_threshold
         # A model trained with one template (nano: answer-free) always uses it.
         self.task = model.cfg.prompt_task or task
         self._features: ImageFeatures | None = None
@@ -134,6 +145,13 @@ class Predictor:
     @property
     def image_size(self) -> int:
         return self.model.cfg.image_size
+
+    @property
+    def presence_threshold(self) -> float | None:
+        """Answers whose ``max_probability`` is below this are "not here"; None: the official rule alone."""
+        if self._presence_threshold is not None:
+            return self._presence_threshold
+        return self.model.cfg.presence_threshold
 
     @property
     def letterbox(self) -> Letterbox | None:

@@ -250,7 +250,7 @@ def markdown(result: EvalResult, meta: dict[str, Any]) -> str:
             n = int(summary["model"][group][label]["n"])
             cells = [f"{_pct(s[group][label]['gIoU'])} / {_pct(s[group][label]['cIoU'])}" for s in summary.values()]
             lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
-    lines += _presence_lines(result.records)
+    lines += _presence_lines(result.records, meta.get("presence_threshold"))
     lines += ["", "## Methods", ""]
     lines += [f"- **{names[key]}**: {text}" for key, text in result.method_descriptions.items()]
     if result.notes:
@@ -262,19 +262,41 @@ def markdown(result: EvalResult, meta: dict[str, Any]) -> str:
 PRESENCE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def _presence_lines(records: list[SampleRecord]) -> list[str]:
+def gated_giou(records: list[SampleRecord], threshold: float) -> float:
+    """gIoU had every answer below ``threshold`` been "not here" (an empty mask: IoU 1 on an empty target,
+    0 on any other). Exact for thresholds at or above the one the answers were scored with."""
+    ious = [r.iou if r.max_probability >= threshold else float(r.target_pixels == 0)
+            for r in records if r.max_probability is not None]
+    return sum(ious) / len(ious)
+
+
+def best_presence_threshold(records: list[SampleRecord], lowest: float = 0.5) -> float:
+    """The threshold (0.01 steps from ``lowest``) with the highest :func:`gated_giou`: how a model's
+    ``presence_threshold`` is calibrated, on its training split (the lowest of ties)."""
+    candidates = [round(lowest + i / 100, 2) for i in range(int(round((1 - lowest) * 100)))]
+    return max(candidates, key=lambda t: (gated_giou(records, t), -t))
+
+
+def _presence_lines(records: list[SampleRecord], scored_with: float | None) -> list[str]:
     """Where absent-class questions exist: how a threshold on ``max_probability`` separates them from
-    the rest (the trade a user makes when thresholding the score)."""
+    the rest (the trade a user makes when thresholding the score), and the gIoU each threshold gives."""
     scored = [(r.kind, r.max_probability) for r in records if r.max_probability is not None]
     absent = [p for kind, p in scored if kind == "absent"]
     present = [p for kind, p in scored if kind != "absent"]
     if not absent or not present:
         return []
+    lowest = max(0.5, scored_with or 0.0)  # below the threshold the answers were scored with, IoUs are lost
     lines = ["", "## Is it here? (answer \"not here\" when max_probability < threshold)", "",
              f"| threshold | absent questions answered \"not here\" (of {len(absent)}) | "
-             f"other questions answered \"not here\" (of {len(present)}) |", "|---:|---:|---:|"]
+             f"other questions answered \"not here\" (of {len(present)}) | gIoU |", "|---:|---:|---:|---:|"]
     for t in PRESENCE_THRESHOLDS:
-        lines.append(f"| {t:.1f} | {_pct(_share_below(absent, t))} | {_pct(_share_below(present, t))} |")
+        if t >= lowest:
+            lines.append(f"| {t:.1f} | {_pct(_share_below(absent, t))} | {_pct(_share_below(present, t))} | "
+                         f"{_pct(gated_giou(records, t))} |")
+    best = best_presence_threshold(records, lowest)
+    lines += ["", f"Highest gIoU at threshold {best:.2f} ({_pct(gated_giou(records, best))}); a model's "
+              "`presence_threshold` (config.json) is this value on its training split, scored with "
+              "`--presence-threshold 0`."]
     return lines
 
 

@@ -124,7 +124,7 @@ class DoneLog:
 class Worker:
     """A Ray actor: the model loaded once, then whole jobs one after another."""
 
-    def __init__(self, model: str | None, load: dict[str, str], opts: PredictOptions, threads: int) -> None:
+    def __init__(self, model: str | None, load: dict[str, Any], opts: PredictOptions, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)  # the CPUs this worker reserved, not every core of its node
@@ -146,7 +146,7 @@ class Worker:
 
 
 def run_on_ray(jobs: list[Job], model: str | None, opts: PredictOptions, scale: ScaleOptions,
-               load: dict[str, str], console: Console) -> BatchReport:
+               load: dict[str, Any], console: Console) -> BatchReport:
     """Run ``jobs`` on Ray workers; the report has the same shape as a single-process run's."""
     try:
         import ray
@@ -207,7 +207,7 @@ def _connect(ray: Any, scale: ScaleOptions) -> bool:
     return True
 
 
-def _start_workers(ray: Any, scale: ScaleOptions, model: str | None, load: dict[str, str], opts: PredictOptions,
+def _start_workers(ray: Any, scale: ScaleOptions, model: str | None, load: dict[str, Any], opts: PredictOptions,
                    jobs: int, console: Console) -> list[Any]:
     have = ray.cluster_resources()
     fits = have.get("CPU", 0) // scale.cpus_per_worker

@@ -34,6 +34,12 @@ def test_model_config_round_trips_through_config_json(make):
     assert config_from_json(json.loads(json.dumps(official_config_json(cfg)))) == cfg
 
 
+def test_presence_threshold_round_trips_and_defaults_to_none():
+    assert released_config().presence_threshold is None  # the official rule: logit > 0
+    cfg = dataclasses.replace(nano_config(), presence_threshold=0.62)
+    assert config_from_json(json.loads(json.dumps(official_config_json(cfg)))).presence_threshold == 0.62
+
+
 def test_official_config_json_names_the_real_swin_type():
     for name, swin in SWIN_TYPES.items():
         raw = official_config_json(SegEarthConfig(vision=swin))
@@ -56,6 +62,7 @@ def test_official_config_json_names_the_real_swin_type():
     ({"pixel_mean": [1, 2]}, "segearth.pixel_mean must be a list of 3 values, got [1, 2]"),
     ({"loss": {"importance_sample_ratio": 1.5}},
      "segearth.loss.importance_sample_ratio must be a number in [0, 1], got 1.5"),
+    ({"presence_threshold": 1.5}, "segearth.presence_threshold must be a number in [0, 1], got 1.5"),
 ])
 def test_model_config_errors_name_the_key_and_what_was_expected(data, message):
     with pytest.raises(ConfigError) as err:

@@ -18,7 +18,7 @@ from segearth.data import Sample
 from segearth.evaluate import ColourPrior, eval_command, evaluate, run_eval, standard_baselines
 from segearth.geo.letterbox import Letterbox
 from segearth.predictor import Prediction, Predictor
-from segearth.report import REPORT_FILES, write_reports
+from segearth.report import REPORT_FILES, best_presence_threshold, gated_giou, write_reports
 from segearth.tokenizer import byte_level_tokenizer
 
 import test_datasets
@@ -61,8 +61,9 @@ def refsegrs_root(tmp_path: Path) -> Path:
 class StubPredictor:
     """Constant logits; counts the calls so grouping can be checked without a network."""
 
-    def __init__(self, logit: float, size: int = SIZE) -> None:
+    def __init__(self, logit: float, size: int = SIZE, presence_threshold: float | None = None) -> None:
         self.image_size, self.logit = size, logit
+        self.presence_threshold = presence_threshold
         self.set_image_calls = 0
         self.questions: list[str] = []
 
@@ -227,20 +228,45 @@ def test_eval_scores_exactly_the_mask_predict_writes(tmp_path: Path, predictor: 
 
 
 def test_report_tabulates_the_is_it_here_threshold(tmp_path: Path) -> None:
-    """Absent-class questions and the others, split by thresholds on the answer's max_probability."""
+    """Absent-class questions and the others, split by thresholds on the answer's max_probability, with the
+    gIoU each threshold gives and the best one (how a model's presence threshold is calibrated)."""
     image = random_rgb(16, 16).transpose(1, 2, 0)
-    full = np.ones((16, 16))
-    samples = [make_sample(tmp_path, "gone", image, np.zeros((16, 16)), kind="absent"),
+    full, empty = np.ones((16, 16)), np.zeros((16, 16))
+    samples = [make_sample(tmp_path, "gone", image, empty, kind="absent"),
+               make_sample(tmp_path, "gone2", image, empty, kind="absent"),
                make_sample(tmp_path, "here", image, full)]
     stub = StubPredictor(0.8)  # probability sigmoid(0.8) = 0.69 everywhere, for every question
     result = evaluate(stub, samples, "paper")
-    assert [r.max_probability for r in result.records] == pytest.approx([0.6900, 0.6900], abs=1e-4)
+    assert [r.max_probability for r in result.records] == pytest.approx([0.6900] * 3, abs=1e-4)
+    # Marking everything: IoU 0, 0, 1; "not here" for all: 1, 1, 0.
+    assert gated_giou(result.records, 0.6) == pytest.approx(1 / 3)
+    assert gated_giou(result.records, 0.7) == pytest.approx(2 / 3)
+    assert best_presence_threshold(result.records) == 0.69  # the lowest threshold above 0.68997
     write_reports(result, tmp_path / "out", {"dataset": "toy", "split": "val", "model": "stub"})
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "| 0.6 | 0.00 | 0.00 |" in md and "| 0.7 | 100.00 | 100.00 |" in md
+    assert "| 0.6 | 0.00 | 0.00 | 33.33 |" in md and "| 0.7 | 100.00 | 100.00 | 66.67 |" in md
+    assert "Highest gIoU at threshold 0.69 (66.67)" in md
     with (tmp_path / "out" / "samples.csv").open() as fh:
-        assert [float(row["max_probability"]) for row in csv.DictReader(fh)] == pytest.approx([0.69, 0.69], abs=1e-4)
+        assert [float(row["max_probability"]) for row in csv.DictReader(fh)] == pytest.approx([0.69] * 3, abs=1e-4)
     # Without absent questions there is nothing to separate: no section.
-    only_present = evaluate(stub, samples[1:], "paper")
+    only_present = evaluate(stub, samples[2:], "paper")
     write_reports(only_present, tmp_path / "out2", {"dataset": "toy", "split": "val", "model": "stub"})
     assert "Is it here?" not in (tmp_path / "out2" / "report.md").read_text()
+
+
+def test_eval_scores_answers_below_the_presence_threshold_as_not_here(tmp_path: Path) -> None:
+    image = random_rgb(16, 16).transpose(1, 2, 0)
+    samples = [make_sample(tmp_path, "gone", image, np.zeros((16, 16)), kind="absent"),
+               make_sample(tmp_path, "here", image, np.ones((16, 16)))]
+    for protocol in ("paper", "native"):
+        sure = evaluate(StubPredictor(0.8, presence_threshold=0.6), samples, protocol)  # p 0.69: here
+        assert by_id(sure) == pytest.approx({"gone": 0.0, "here": 1.0})
+        unsure = evaluate(StubPredictor(0.8, presence_threshold=0.7), samples, protocol)  # "not here"
+        assert by_id(unsure) == {"gone": 1.0, "here": 0.0}
+        assert [r.predicted_pixels for r in unsure.records] == [0, 0]
+        assert "below 0.7 (the presence threshold)" in unsure.method_descriptions["model"]
+    # The report tabulates only the thresholds the scores allow (below 0.7 the masks are gone).
+    write_reports(unsure, tmp_path / "out", {"dataset": "toy", "split": "val", "model": "stub",
+                                             "presence_threshold": 0.7})
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| 0.6 |" not in md and "| 0.7 | 100.00 | 100.00 | 50.00 |" in md

@@ -15,6 +15,7 @@ import pytest
 import rasterio
 import shapely
 import torch
+from PIL import Image
 from rasterio.transform import from_origin
 from shapely.geometry import box, shape
 
@@ -32,6 +33,7 @@ class RedStub:
     """Answers "where is it red?" on its canvas at 1/4 resolution, like the real decoder's grid."""
 
     image_size = SIZE
+    presence_threshold: float | None = None
 
     def set_image(self, image: np.ndarray) -> None:
         self.canvas, self.box = letterbox(image, SIZE)
@@ -254,3 +256,48 @@ def test_result_show_draws_the_overlay(red_raster):
     assert overlay[100, 90, 3] > 0 and overlay[10, 600, 3] == 0 and overlay[100, 300, 3] == 0
     assert "the red L" in ax.get_title()
     plt.close(ax.figure)
+
+
+class UnsureRedStub(RedStub):
+    """The red answer with a presence threshold above its highest probability: "not here"."""
+
+    presence_threshold = 1.0  # the red L's highest probability is sigmoid(12.75) < 1
+
+
+@pytest.mark.parametrize("mode", ["scene", "tiles"])
+def test_an_answer_below_the_presence_threshold_is_not_here_in_every_output(red_raster, tmp_path, mode):
+    opts = PredictOptions(out_dir=tmp_path / "out", mode=mode, tile_size=256, overlap=64)
+    (answer,) = predict_raster(UnsureRedStub(), red_raster, ["the red L"], opts, "stub").results
+    assert not answer.present and answer.polygons == 0
+    assert answer.scores.target_fraction > 0.1  # the model's own answer, still reported
+    with rasterio.open(answer.mask) as m:
+        mask = m.read(1)
+        assert m.tags()["answer"].startswith("not here: max probability 1.00 is below")
+    assert mask.max() == 0 and mask.min() == 0  # empty, and every pixel valid (not turned into nodata)
+    assert json.loads(answer.paths["geojson"].read_text())["features"] == []
+    assert _gpkg_geometries(answer.paths["gpkg"]) == []
+    # The API gives the same answer, and its files are the CLI's.
+    result = SegEarth(UnsureRedStub(), "stub").predict(red_raster, "the red L", mode=mode, tile_size=256,
+                                                      overlap=64)
+    assert not result.present and not result.mask.any() and result.regions == []
+    saved = result.save(tmp_path / "api")
+    with rasterio.open(saved["mask"]) as m:
+        assert m.read(1).max() == 0
+    # Probabilities stay the model's: a user who wants them thresholds them as they like.
+    prob_opts = PredictOptions(out_dir=tmp_path / "prob", mode=mode, tile_size=256, overlap=64, probabilities=True)
+    (prob,) = predict_raster(UnsureRedStub(), red_raster, ["the red L"], prob_opts, "stub").results
+    with rasterio.open(prob.mask) as m:
+        assert np.nanmax(m.read(1)) > 0.99
+
+
+def test_the_preview_of_a_not_here_answer_is_untinted(red_raster, tmp_path):
+    previews = []
+    for stub in (RedStub(), UnsureRedStub()):
+        opts = PredictOptions(out_dir=tmp_path / type(stub).__name__)
+        (answer,) = predict_raster(stub, red_raster, ["the red L"], opts, "stub").results
+        previews.append(np.asarray(Image.open(answer.paths["preview"]).convert("RGB")).astype(int))
+    found, not_here = previews
+    # The preview shows the image with the mask tinted: the tint is all that differs, on the L only
+    # (16 % of the image), so the "not here" preview is the bare image.
+    tinted = np.abs(found - not_here).sum(axis=2) > 0
+    assert 0.05 < tinted.mean() < 0.3

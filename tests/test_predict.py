@@ -233,6 +233,26 @@ def test_cli_decompression_bomb_is_refused_from_the_header(checkpoint, tmp_path)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+def test_cli_presence_threshold_answers_not_here(checkpoint, tmp_path):
+    src = _raster("spacenet_rgb_uint8.tif")
+    masks = {}
+    for threshold in ("0", "1"):
+        out = tmp_path / threshold
+        args = ["predict", str(src), "the buildings", "-m", str(checkpoint), "--out", str(out),
+                "--presence-threshold", threshold]
+        result = CliRunner(env={"COLUMNS": "200"}).invoke(app, args)
+        assert result.exit_code == 0, result.output
+        (path,) = out.glob("*_mask.tif")
+        with rasterio.open(path) as m:
+            masks[threshold] = m.read(1)
+        assert ("not here" in result.output) == (threshold == "1")
+    assert (masks["0"] == 255).any() and not masks["1"].any()  # the model marked pixels; below 1 it is not sure
+    wide = CliRunner(env={"COLUMNS": "200"})
+    refused = wide.invoke(app, ["predict", str(src), "q", "--presence-threshold", "1.5"])
+    assert refused.exit_code == 2 and "--presence-threshold" in refused.output
+    assert "less than or equal to 1" in refused.output
+
+
 def test_cli_typed_choices_are_refused_before_any_work(tmp_path):
     result = CliRunner().invoke(app, ["predict", "x.tif", "q", "--mode", "pyramid"])
     assert result.exit_code == 2 and "pyramid" in result.output

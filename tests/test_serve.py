@@ -147,7 +147,8 @@ def test_ask_returns_scores_and_the_requested_format(client, fmt):
     assert r.status_code == 200, r.text
     answer = r.json()["answers"][0]
     assert answer["url"] == answer["downloads"][fmt]
-    assert set(answer["scores"]) == {"target_fraction", "mean_probability", "max_probability", "regions", "area_m2"}
+    assert set(answer["scores"]) == {"target_fraction", "mean_probability", "max_probability", "present", "regions",
+                                     "area_m2"}
     assert 0 <= answer["scores"]["target_fraction"] <= 1
     body = client.get(answer["url"])
     assert body.status_code == 200 and "attachment" in body.headers["content-disposition"]
@@ -163,6 +164,24 @@ def test_ask_returns_scores_and_the_requested_format(client, fmt):
     else:
         png = Image.open(io.BytesIO(body.content))
         assert png.mode == "RGBA" and png.size == (meta["preview"]["width"], meta["preview"]["height"])
+
+
+def test_an_answer_below_the_presence_threshold_is_not_here_in_every_format(predictor, tmp_path):
+    unsure = Predictor(predictor.model, predictor.tokenizer, presence_threshold=1.0)  # above any answer's max p
+    with TestClient(create_app(unsure, "tiny", ServeSettings(workdir=tmp_path)), base_url=BASE) as client:
+        assert client.get("/models").json()[0]["presence_threshold"] == 1.0
+        meta = _upload(client, bands="4,3,2")
+        answer = _ask(client, meta["id"], ["the water"]).json()["answers"][0]
+        scores = answer["scores"]
+        assert scores["target_fraction"] > 0 and scores["max_probability"] < 1.0  # the model did mark pixels
+        assert scores["present"] is False and scores["regions"] == 0
+        assert json.loads(client.get(answer["downloads"]["geojson"]).content)["features"] == []
+        with rasterio.MemoryFile(client.get(answer["downloads"]["geotiff"]).content) as mem, mem.open() as m:
+            assert m.read(1).max() == 0
+        png = np.asarray(Image.open(io.BytesIO(client.get(answer["downloads"]["png"]).content)))
+        assert png[..., 3].max() == 0  # nothing drawn on the map
+        with rasterio.MemoryFile(client.get(answer["downloads"]["probabilities"]).content) as mem, mem.open() as m:
+            assert np.nanmax(m.read(1)) == pytest.approx(scores["max_probability"], abs=0.02)  # kept as they are
 
 
 def test_second_question_reuses_cached_features(client):
@@ -299,6 +318,7 @@ def test_health_models_docs_and_page(client):
     assert health["status"] == "ok" and health["queue"]["capacity"] == 9
     model = client.get("/models").json()[0]
     assert model["name"] == "tiny" and model["image_size"] == 256 and model["parameters"] > 0
+    assert model["presence_threshold"] is None  # the tiny model has none: the official rule alone
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/images", "/images/{image_id}/ask", "/images/{image_id}/answers/{number}/{fmt}"} <= set(paths)
     page = client.get("/")

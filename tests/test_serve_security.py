@@ -96,15 +96,18 @@ def test_token_is_required_on_every_data_route(make_client):
 
 def test_serve_command_wires_host_origin_and_token_options(monkeypatch, predictor, tmp_path):
     seen = {}
-    monkeypatch.setattr(segearth.api, "load_predictor", lambda *a: (predictor, "tiny"))
+    monkeypatch.setattr(segearth.api, "load_predictor",
+                        lambda *a, **kw: (seen.setdefault("load", kw), (predictor, "tiny"))[1])
     monkeypatch.setattr(segearth.serve.app, "create_app", lambda p, name, settings: seen.setdefault("s", settings))
     monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.setdefault("run", kw))
     app = typer.Typer()
     app.command()(serve)
     result = CliRunner().invoke(app, ["--host", "0.0.0.0", "--allowed-host", "gpu01.lab", "--cors-origin",
-                                      "https://gis.example.org", "--workdir", str(tmp_path)],
+                                      "https://gis.example.org", "--workdir", str(tmp_path),
+                                      "--presence-threshold", "0.7"],
                                 env={"SEGEARTH_TOKEN": TOKEN})
     assert result.exit_code == 0, result.output
+    assert seen["load"] == {"presence_threshold": 0.7}
     settings = seen["s"]
     assert settings.token == TOKEN and TOKEN not in repr(settings)
     assert {"0.0.0.0", "gpu01.lab", "localhost", "127.0.0.1"} <= set(settings.allowed_hosts)

@@ -327,3 +327,21 @@ def test_nano_learns_landcover_in_minutes(tmp_path):
     (tmp_path / "learning_curve.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     assert curve[-1][1] > max(everything, nothing), lines
+
+
+def test_training_from_a_calibrated_checkpoint_drops_its_presence_threshold(tmp_path):
+    """The threshold belongs to the weights it was read off; retrained weights have none until recalibrated."""
+    import dataclasses
+
+    from segearth import SegEarthR1, small_config
+    from segearth.checkpoint import load_model_and_tokenizer, save_pretrained
+    from segearth.tokenizer import byte_level_tokenizer
+    from segearth.train.config import ModelConfig
+    from segearth.train.modelsetup import build_model
+
+    calibrated = SegEarthR1(dataclasses.replace(small_config(), presence_threshold=0.8))
+    save_pretrained(calibrated, tmp_path / "ckpt", tokenizer=byte_level_tokenizer())
+    assert load_model_and_tokenizer(tmp_path / "ckpt")[0].cfg.presence_threshold == 0.8  # kept for predict
+    model, _ = build_model(ModelConfig(name=str(tmp_path / "ckpt")), seed=0)
+    assert model.cfg.presence_threshold is None
+    assert dataclasses.replace(model.cfg, presence_threshold=0.8) == calibrated.cfg

@@ -152,7 +152,8 @@ def create_app(predictor: Predictor, model_name: str, settings: ServeSettings | 
         first = next(model.parameters())
         return [ModelInfo(name=model_name, task=predictor.task, image_size=predictor.image_size,
                           device=str(first.device), dtype=str(first.dtype).removeprefix("torch."),
-                          parameters=sum(p.numel() for p in model.parameters()))]
+                          parameters=sum(p.numel() for p in model.parameters()),
+                          presence_threshold=predictor.presence_threshold)]
 
     app.include_router(image_routes(settings, store, engine, preparing, max_tokens))
     return app

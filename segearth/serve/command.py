@@ -116,6 +116,11 @@ def serve(
         typer.Option(help="Precision of the model. auto: bfloat16 on CUDA, and on CPUs with native bf16 "
                           "(AMX, AVX512-BF16) for models of 100 M parameters or more; else float32."),
     ] = DType.auto,
+    presence_threshold: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Answer \"not here\" (empty mask, no polygon) when an answer's max "
+                     "probability is below this. Default: the model's own; 0 turns it off."),
+    ] = None,
     debug: Annotated[
         bool,
         typer.Option(help="Show full tracebacks."),
@@ -169,7 +174,8 @@ def serve(
         )
         if workdir is not None and not workdir.is_dir():
             raise FileNotFoundError(f"--workdir {workdir} is not a folder")
-        predictor, model_name = load_predictor(model, task.value, device, dtype.value)
+        predictor, model_name = load_predictor(model, task.value, device, dtype.value,
+                                               presence_threshold=presence_threshold)
         app = create_app(predictor, model_name, settings)
     except USER_ERRORS as exc:
         exit_with_user_error(exc, debug)

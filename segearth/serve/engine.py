@@ -105,12 +105,15 @@ class Engine:
             np.save(folder / "logits.npy", low.astype(np.float32))
             answer = Answer(number, q, {}, folder)
             # Polygons and scores as `segearth predict` makes them: on its polygon grid, from full-resolution blocks.
+            threshold = self.template.presence_threshold
             mask, polygons, found = traced(record, answer, self.model_name, self.image_size,
-                                           self._until_closing(full_blocks(record, answer)))
+                                           self._until_closing(full_blocks(record, answer)), threshold)
+            answer.present = found.present(threshold)
             write_atomic(folder / FILES["geojson"].name,
                          partial(self._write_geojson, record=record, answer=answer, polygons=polygons, mask=mask))
             area = sum(p.properties.get("area_m2", 0.0) for p in polygons) if record.info.crs else None
-            answer.scores = {**found.as_dict(), "regions": len(polygons), "area_m2": area}
+            answer.scores = {**found.as_dict(), "present": answer.present, "regions": len(polygons),
+                             "area_m2": area}
             record.add_answer(answer, self.max_answers)
             self.render(record, answer, fmt)
             answers.append(answer)
@@ -164,7 +167,8 @@ class Engine:
             write_raster(path, fmt, record, answer, self.model_name, self._until_closing(full_blocks(record, answer)))
         else:  # gpkg, preview: traced again (the GeoJSON's polygons, from the same logits)
             mask, polygons, _ = traced(record, answer, self.model_name, self.image_size,
-                                       self._until_closing(full_blocks(record, answer)))
+                                       self._until_closing(full_blocks(record, answer)),
+                                       self.template.presence_threshold)
             write_vectors(path, fmt, record, answer, polygons, mask)
 
 

@@ -14,7 +14,9 @@ nodata), then
 
 plus two images for the page: ``png``, an RGBA mask on the preview grid (lines up with
 ``display.png``), and ``overlay``, the same warped onto the grid of ``map.png`` (nodata and
-background transparent) so the map shows it in its true place.
+background transparent) so the map shows it in its true place. An answer that is "not here" (below
+the model's presence threshold, :meth:`segearth.predictor.Scores.present`) gets empty masks and no
+polygon in every format but ``probabilities``, as from the CLI.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ..geo.tiles import upsample_blocks
 from ..geo.vector import MaskPolygon, write_geojson, write_gpkg
 from ..geo.write import OVERLAY_RGB, write_preview_png
 from ..pipeline import Blocks, RasterAnswer, RunOptions
-from ..predict import PredictOptions, trace, vector_grid, write_mask
+from ..predict import PredictOptions, not_here, trace, vector_grid, write_mask
 from ..predictor import Scores
 from .limits import clip_text
 from .mapview import write_map_overlay
@@ -76,16 +78,17 @@ def full_blocks(record: ImageRecord, answer: Answer) -> Blocks:
                         lambda window: read_valid_mask(record.path, window, record.bands)).blocks()
 
 
-def traced(record: ImageRecord, answer: Answer, model_name: str, model_size: int,
-           blocks: Iterator[tuple]) -> tuple[np.ndarray, list[MaskPolygon], Scores]:
-    """Mask and polygons on the CLI's polygon grid, with the CLI's scores."""
+def traced(record: ImageRecord, answer: Answer, model_name: str, model_size: int, blocks: Iterator[tuple],
+           presence_threshold: float | None) -> tuple[np.ndarray, list[MaskPolygon], Scores]:
+    """Mask and polygons on the CLI's polygon grid (empty when "not here"), with the CLI's scores."""
     grid = vector_grid(record.info)
     for window, logits in blocks:
         grid.add(window, logits)
+    scores = Scores.from_logits(grid.values)
     cell = RunOptions().output_cell(record.info, model_size)
     props = {"question": clip_text(answer.question), "model": model_name}
-    mask, polygons = trace(grid, record.info, props, PredictOptions(), cell)
-    return mask, polygons, Scores.from_logits(grid.values)
+    mask, polygons = trace(grid, record.info, props, PredictOptions(), cell, scores.present(presence_threshold))
+    return mask, polygons, scores
 
 
 def write_vectors(path: Path, fmt: str, record: ImageRecord, answer: Answer, polygons: list[MaskPolygon],
@@ -106,7 +109,7 @@ def display_rgba(record: ImageRecord, answer: Answer) -> np.ndarray:
     h, w = record.display_shape
     up = torch.nn.functional.interpolate(torch.from_numpy(low)[None, None], size=(h, w), mode="bilinear",
                                          align_corners=False)[0, 0].numpy()
-    mask = np.load(record.folder / "valid.npy") & (up > 0)
+    mask = np.load(record.folder / "valid.npy") & (up > 0) & answer.present
     rgba = np.zeros((*mask.shape, 4), np.uint8)
     rgba[mask] = (*OVERLAY_RGB, 255)
     return rgba
@@ -125,6 +128,8 @@ def write_image(path: Path, fmt: str, record: ImageRecord, answer: Answer) -> No
 
 def write_raster(path: Path, fmt: str, record: ImageRecord, answer: Answer, model_name: str,
                  blocks: Blocks) -> None:
-    """``geotiff`` (0/255) or ``probabilities`` (float32, NaN nodata), block by block."""
+    """``geotiff`` (0/255; all 0 when "not here") or ``probabilities`` (float32, NaN nodata), block by block."""
+    if fmt == "geotiff" and not answer.present:
+        blocks = not_here(blocks)
     write_mask(path, blocks, record.info, fmt == "probabilities",
                tags={"question": clip_text(answer.question), "model": model_name})

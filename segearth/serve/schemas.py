@@ -65,6 +65,8 @@ class Scores(BaseModel):
     target_fraction: float = Field(description="Share of the valid pixels in the mask")
     mean_probability: float = Field(description="Mean probability inside the mask (0 when empty)")
     max_probability: float = Field(description="Highest probability anywhere in the image")
+    present: bool = Field(description="False: \"not here\": the max probability is below the model's presence "
+                          "threshold (see /models), and the mask, polygons and images are empty")
     regions: int = Field(description="Number of separate polygons")
     area_m2: float | None = Field(description="Mask area in m² (null without a CRS)")
 
@@ -104,3 +106,5 @@ class ModelInfo(BaseModel):
     device: str
     dtype: str
     parameters: int
+    presence_threshold: float | None = Field(description="Answers whose max probability is below this are "
+                                             "\"not here\" (null: any target pixel counts)")

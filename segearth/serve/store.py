@@ -91,6 +91,7 @@ class Answer:
     question: str
     scores: dict[str, Any]
     folder: Path
+    present: bool = True  # False: "not here" (below the presence threshold), every mask empty
     created: float = field(default_factory=time.time)
     failed: dict[str, str] = field(default_factory=dict)  # format -> why its render failed (never retried)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one renderer per answer

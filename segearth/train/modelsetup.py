@@ -38,6 +38,9 @@ def build_model(cfg: ModelConfig, seed: int) -> tuple[SegEarthR1, Tokenizer]:
         model.init_weights()  # fresh heads as their references initialise them (never for a checkpoint)
         return model, tokenizer
     model, tokenizer = load_model_and_tokenizer(Path(cfg.name))
+    # A presence threshold is calibrated for the weights it shipped with: training changes them, so its
+    # checkpoints have none (the official rule) until one is read off their own training split.
+    model.cfg = replace(model.cfg, presence_threshold=None)
     return model.float(), tokenizer
 
 

@@ -289,7 +289,8 @@ async function ask(event) {
 
 function addHistory(answer) {
   const li = document.createElement("li");
-  li.textContent = answer.question + " — " + (100 * answer.scores.target_fraction).toFixed(1) + "%";
+  const found = answer.scores.present ? (100 * answer.scores.target_fraction).toFixed(1) + "%" : "not here";
+  li.textContent = answer.question + " — " + found;
   li.dataset.number = answer.number;
   li.addEventListener("click", () => showAnswer(answer));
   $("history").append(li);
@@ -329,7 +330,8 @@ async function showAnswer(answer) {
   const s = answer.scores;
   const pairs = [
     ["question", answer.question],
-    ["target", (100 * s.target_fraction).toFixed(2) + " % of the valid pixels"],
+    ["target", s.present ? (100 * s.target_fraction).toFixed(2) + " % of the valid pixels"
+                         : "not here (max probability " + s.max_probability.toFixed(2) + ", below the model's threshold)"],
     ["mean probability", s.mean_probability.toFixed(3)],
     ["regions", String(s.regions)],
   ];
