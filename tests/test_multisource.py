@@ -179,6 +179,15 @@ def test_splits_never_share_a_place_and_val_is_cross_domain():
     assert {s.phrasing for s in train.samples} == {"seen"}
     # Absent questions exist in training (Dubai, fAIr negatives) and are sampled more often.
     assert sum(s.kind == "absent" for s in train.samples) > 100
+    # Each repeat of a training question asks it with another draw of the bank's seen phrasings.
+    assert len({s.id for s in train.samples}) == len(train.samples)
+    repeats: dict[str, list[str]] = {}
+    for s in train.samples:
+        repeats.setdefault(s.id.split("~")[0], []).append(s.question)
+    repeated = [qs for qs in repeats.values() if len(qs) > 1]
+    assert sum(len(set(qs)) > 1 for qs in repeated) > 0.8 * len(repeated)  # by chance a draw repeats one
+    bank = question_bank()
+    assert all(s.question in bank[s.class_name].referring + bank[s.class_name].reasoning for s in train.samples)
 
 
 @pytest.mark.needs_shared(DATA / "sentinel2_brandenburg")

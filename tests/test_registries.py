@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -63,9 +64,13 @@ def test_preset_tokenizer_fits_its_config(name: str):
 def test_builtin_models_are_the_presets_with_weights():
     assert set(BUILTIN_NAMES) == {"nano", "segearth-nano"}
     assert builtin_model_path("segearth-nano") == builtin_model_path("nano") == PRESETS["nano"].weights
-    # the shipped config.json is exactly the preset's config
+    # the shipped config.json is exactly the preset's config, plus the presence threshold calibrated for
+    # these weights (a property of the trained weights, not of the architecture: a fresh nano has none)
     raw = json.loads((PRESETS["nano"].weights / "config.json").read_text())
-    assert config_from_json(raw) == PRESETS["nano"].config(None, 0)
+    shipped = config_from_json(raw)
+    assert dataclasses.replace(shipped, presence_threshold=None) == PRESETS["nano"].config(None, 0)
+    assert PRESETS["nano"].config(None, 0).presence_threshold is None
+    assert shipped.presence_threshold is not None and 0.5 <= shipped.presence_threshold < 1
     with pytest.raises(ValueError, match="unknown built-in model 'small'; available: nano, segearth-nano"):
         builtin_model_path("small")
 

@@ -19,8 +19,8 @@ source                      reader                            classes           
 ==========================  ================================  ===========================  =====================
 
 Splits: ``train`` = the training places of every source, each repeated by :data:`TRAIN_WEIGHTS`
-(and absent-class questions by :data:`ABSENT_WEIGHT`; repeats are re-augmented on every visit, so a
-weight is a sampling rate); ``val`` = the
+(and absent-class questions by :data:`ABSENT_WEIGHT`; repeats are re-augmented on every visit and
+ask with another draw of the bank's seen phrasings, so a weight is a sampling rate); ``val`` = the
 **cross-domain** validation: only places and sensors never seen in training (Kampala, the east of
 the Sentinel-2 scene, NAIP, SpaceNet), every question asked once with a seen and once with a
 held-out phrasing; ``val_indomain`` = the land-cover validation scenes (Dubai ``tile_6``, five
@@ -31,7 +31,6 @@ Massachusetts images) with the same questions. Questions come from the question 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from functools import cached_property, partial
 from itertools import zip_longest
 from pathlib import Path
@@ -136,18 +135,19 @@ class MultiSource(SampleList):
     @cached_property
     def samples(self) -> list[Sample]:
         """All samples, built on first use (reads every scene's labels once)."""
-        draw: Callable[[LabelledScene], list[Sample]] = partial(
+        draw: Callable[..., list[Sample]] = partial(
             scene_questions, seed=self.seed, heldout=None if self.split != "train" else False,
             reasoning_per_class=self.reasoning_per_class, min_fraction=self.min_fraction)
-        samples = [s for scene in self.scenes for s in draw(scene)]
         if self.split != "train":
-            return _interleave_sources(samples)
+            return _interleave_sources([s for scene in self.scenes for s in draw(scene)])
+        # Repeat r of a question is draw r of its phrasings: many wordings per scene and class rather
+        # than one memorised with it.
         repeated = []
-        for s in samples:
-            for r in range(self.weights.get(s.source or "", 1) * (ABSENT_WEIGHT if s.kind == "absent" else 1)):
-                repeated.append(s if r == 0 else _repeat(s, r))
+        for scene in self.scenes:
+            weight = self.weights.get(scene.source, 1)
+            for r in range(weight * ABSENT_WEIGHT):
+                repeated += [s for s in draw(scene, draw=r)
+                             if r < weight * (ABSENT_WEIGHT if s.kind == "absent" else 1)]
         return repeated
 
 
-def _repeat(sample: Sample, r: int) -> Sample:
-    return replace(sample, id=f"{sample.id}~{r}")

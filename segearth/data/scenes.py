@@ -81,7 +81,7 @@ def coverage(labels: LabelMaps) -> dict[str, float]:
 
 
 def scene_questions(scene: LabelledScene, *, seed: int, heldout: bool | None, reasoning_per_class: int,
-                    min_fraction: float, min_known: float = 0.05) -> list[Sample]:
+                    min_fraction: float, min_known: float = 0.05, draw: int = 0) -> list[Sample]:
     """The questions of one scene.
 
     Every class covering at least ``min_fraction`` of its known pixels (and known on at least
@@ -91,9 +91,10 @@ def scene_questions(scene: LabelledScene, *, seed: int, heldout: bool | None, re
     question (empty target).
     ``heldout``: False draws seen phrasings (training), True held-out ones, None both — every
     question twice, once seen and once held-out (validation, to compare the two).
+    ``draw``: another draw of phrasings for the same questions (training's repeats); ids get ``~draw``.
     """
     labels = _labels(scene)
-    rng = random.Random(f"{seed}:{scene.id}")
+    rng = random.Random(f"{seed}:{scene.id}" + (f":{draw}" if draw else ""))
     variants = (False, True) if heldout is None else (heldout,)
     samples: list[Sample] = []
     for name, fraction in coverage(labels).items():
@@ -101,7 +102,7 @@ def scene_questions(scene: LabelledScene, *, seed: int, heldout: bool | None, re
         known = float(np.count_nonzero(labels[name] != UNKNOWN)) / labels[name].size
         for held in variants:
             phrasing = "heldout" if held else "seen"
-            make = partial(_sample, scene, name, phrasing)
+            make = partial(_sample, scene, name, phrasing, draw)
             referring, reasoning = table.phrasings("referring", held), table.phrasings("reasoning", held)
             if fraction >= min_fraction and known >= min_known:
                 samples.append(make("referring", 0, rng.choice(referring), None))
@@ -112,10 +113,10 @@ def scene_questions(scene: LabelledScene, *, seed: int, heldout: bool | None, re
     return samples
 
 
-def _sample(scene: LabelledScene, class_name: str, phrasing: str, kind: str, k: int, question: str,
+def _sample(scene: LabelledScene, class_name: str, phrasing: str, draw: int, kind: str, k: int, question: str,
             answer: str | None) -> Sample:
     return Sample(
-        id=f"{scene.id}#{class_name}/{kind}{k}/{phrasing}",
+        id=f"{scene.id}#{class_name}/{kind}{k}/{phrasing}" + (f"~{draw}" if draw else ""),
         image_path=scene.image_path,
         question=question,
         kind=kind,  # type: ignore[arg-type]  # one of the SampleKind literals by construction
