@@ -187,7 +187,8 @@ class SegEarthConfig:
     # Prompt template the model was trained with; None = by dataset, as the official recipe does.
     prompt_task: PromptTask | None = None
     # "Is it here?": an answer whose highest probability is below this is "not here" (empty mask), the
-    # model's own calibration (segearth.presence); None = the official rule alone (logit > 0).
+    # model's own calibration (read off its training split: segearth.report.best_presence_threshold);
+    # None = the official rule alone (logit > 0).
     presence_threshold: Probability | None = None
 
     def __post_init__(self) -> None:
