@@ -100,10 +100,12 @@ def predict(
     mode: Mode = typer.Option(Mode.scene, help="scene: one prediction on a decimated overview (fast, whole-scene "
                               "context); tiles: full-resolution windows blended in the overlaps (small targets, "
                               "huge scenes)."),
-    tile_size: int = typer.Option(None, help="Tiles mode: window size in raster pixels (default: model input size)."),
+    tile_size: int = typer.Option(None, help="Tiles mode: window size in raster pixels (default: model input size). "
+                                  "Smaller windows are read enlarged: small buildings at 0.5 m do better at 192."),
     overlap: int = typer.Option(128, help="Tiles mode: overlap between windows in pixels."),
     bands: str = typer.Option(None, help="1-based bands to use as RGB, e.g. 4,3,2, or one band for grey (default: "
-                              "the first three; 1- and 2-band rasters are shown as grey)."),
+                              "the first three; 1- and 2-band rasters are shown as grey). Water questions on "
+                              "R,G,B,NIR imagery: 4,1,2 (false colour; NAIP lakes IoU 0.75 against 0.33)."),
     probabilities: bool = typer.Option(False, help="Write float32 probabilities (NAME_prob.tif) instead of the "
                                        "0/255 mask (NAME_mask.tif)."),
     simplify: float = typer.Option(0.0, help="Polygon simplification tolerance in CRS units (0 = none)."),
@@ -153,7 +155,7 @@ def predict(
 
     Examples:
       segearth predict scene.tif "where could floodwater collect?"
-      segearth predict naip.tif "the buildings" "the water" --bands 4,3,2 --mode tiles
+      segearth predict naip.tif "where could a boat travel?" --bands 4,1,2   (R,G,B,NIR: false colour)
       segearth predict scene.tif "the roads" -m earth-insights/SegEarth-R1-EarthReason
       segearth predict https://example.org/cog.tif "the water"
       segearth predict jobs.csv --out results/ --skip-existing
