@@ -163,7 +163,7 @@ class Result:
         from .predict import PredictOptions, output_paths, write_answer
 
         opts = PredictOptions(out_dir=Path(folder), probabilities=probabilities, overwrite=overwrite)
-        paths = output_paths(name or output_stem(self.source, self.question, mode="api", model=self.model), opts)
+        paths = output_paths(name or output_stem(self.source, self.question, reading="api", model=self.model), opts)
         h, w = self.logits.shape
         with atomic_paths(paths, overwrite=overwrite) as tmp:
             write_answer(lambda: iter([(Window(0, 0, w, h), self.logits)]), self._info(), self.preview_image,

@@ -66,6 +66,18 @@ class RunOptions:
     def __post_init__(self) -> None:
         self.mode = choice(Mode, self.mode, "mode")  # "scene" / "tiles" strings too
 
+    def reading(self) -> str:
+        """How the raster is read, for output names: the mode, plus the bands, tile size and overlap where
+        they are not the defaults (so that a default run keeps the names it always had)."""
+        parts = [self.mode.value]
+        if self.bands is not None:
+            parts.append("bands=" + ",".join(map(str, self.bands)))
+        if self.mode is Mode.tiles and self.tile_size is not None:
+            parts.append(f"tile={self.tile_size}")
+        if self.mode is Mode.tiles and self.overlap != RunOptions.overlap:
+            parts.append(f"overlap={self.overlap}")
+        return " ".join(parts)
+
     def tile_for(self, model_size: int) -> tuple[int, int]:
         """``(tile size, overlap)`` of tiles mode, checked."""
         tile = self.tile_size or model_size

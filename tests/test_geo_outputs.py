@@ -9,6 +9,7 @@ import re
 import resource
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -45,12 +46,26 @@ def test_output_stem_keeps_the_whole_input_stem() -> None:
     assert a != b and a.startswith("sentinel2-20230601-tile-0001_where-could-a-boat-travel_")
     assert re.fullmatch(r"[a-z0-9-]+_[a-z0-9-]+_[0-9a-f]{8}", a)
     assert output_stem("/data/sentinel2_20230601_tile_0001.tif", q) == a  # deterministic
-    assert output_stem("/data/sentinel2_20230601_tile_0001.tif", q, mode="tiles") != a
+    assert output_stem("/data/sentinel2_20230601_tile_0001.tif", q, reading="tiles") != a
     assert output_stem("/data/sentinel2_20230601_tile_0001.tif", q, model="/ckpt/released") != a
     assert output_stem("/other/sentinel2_20230601_tile_0001.tif", q) != a  # same name, other folder
     # Questions that slug alike still differ by their hash.
     assert output_stem("x.tif", "near the école?") != output_stem("x.tif", "near the ecole?")
     assert output_stem("x.tif", "水はどこ？").startswith("x_q_")
+
+
+def test_runs_that_read_the_raster_differently_get_different_names() -> None:
+    """True and false colour of one raster answer differently; both must fit in one --out."""
+    from segearth.pipeline import RunOptions
+
+    def stem(**options: Any) -> str:
+        return output_stem("/data/naip.tif", "the water", reading=RunOptions(**options).reading())
+
+    default = stem()
+    assert default == output_stem("/data/naip.tif", "the water")  # default runs keep their names (--skip-existing)
+    assert len({default, stem(bands=(4, 1, 2)), stem(bands=(1, 2, 3)), stem(mode="tiles"),
+                stem(mode="tiles", tile_size=192), stem(mode="tiles", overlap=64)}) == 6
+    assert stem(tile_size=192) == default  # scene mode does not tile: the same answer, the same name
 
 
 def test_output_stem_hashes_the_absolute_path_and_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

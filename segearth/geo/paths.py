@@ -104,19 +104,19 @@ def ascii_slug(text: str, sep: str = "-") -> str:
 
 
 def output_stem(
-    source: str | Path, question: str, max_len: int = STEM_MAX_LEN, *, mode: str = "scene", model: str = ""
+    source: str | Path, question: str, max_len: int = STEM_MAX_LEN, *, reading: str = "scene", model: str = ""
 ) -> str:
     """A filesystem-safe stem ``<input-stem>_<question-slug>_<hash8>`` of at most ``max_len`` chars.
 
     The input stem is kept whole (``tile_0001`` and ``tile_0002`` must not collide); only when
     the total would exceed ``max_len`` are the stem and the question slug shortened. The hash
-    covers the absolute input path (or URL), the full question, ``mode`` and ``model``, so
-    inputs or questions that slug alike, and runs with another mode or model, never share
-    outputs.
+    covers the absolute input path (or URL), the full question, ``reading`` (how the raster is read:
+    ``RunOptions.reading()``, e.g. ``"tiles bands=4,1,2"``) and ``model``, so inputs or questions
+    that slug alike, and runs with other bands, mode or model, never share outputs.
     """
     src = as_source(source)
     identity = str(src) if isinstance(src, str) else os.path.abspath(src)
-    key = "\0".join((identity, question, mode, model))
+    key = "\0".join((identity, question, reading, model))
     digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:8]
     name = ascii_slug(PurePosixPath(source_name(src)).stem) or "raster"
     slug = ascii_slug(question) or "q"
