@@ -73,5 +73,6 @@ def main() -> None:
                 line += f", IoU {inter / max(union, 1):.3f} with the labels (everything: {target[known].mean():.3f})"
             print(line, f"-> {folder}")
 
+
 if __name__ == "__main__":
     main()

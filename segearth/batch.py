@@ -140,7 +140,8 @@ def ensure_writable(folder: Path) -> None:
 def job_stems(job: Job, opts: PredictOptions, model_name: str) -> list[str]:
     """Output stem per question: the manifest's name where it gives one, else derived (see ``output_stem``)."""
     given = job.stems or [None] * len(job.questions)
-    return [s or output_stem(job.image, q, reading=opts.reading(), model=model_name)
+    reading = opts.reading()
+    return [s or output_stem(job.image, q, reading=reading, model=model_name)
             for s, q in zip(given, job.questions, strict=True)]
 
 

@@ -195,7 +195,8 @@ def predict_raster(
 ) -> RasterResult:
     """Ask every question about one raster and write its outputs (see the module docstring)."""
     questions = list(dict.fromkeys(questions))  # a repeated question is answered once
-    stems = stems or [output_stem(source, q, reading=opts.reading(), model=model_name) for q in questions]
+    reading = opts.reading()
+    stems = stems or [output_stem(source, q, reading=reading, model=model_name) for q in questions]
     planned = [output_paths(s, opts) for s in stems]
     done = [opts.skip_existing and all(p.exists() for p in paths.values()) for paths in planned]
     if not (opts.overwrite or opts.skip_existing):
